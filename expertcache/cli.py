@@ -1,0 +1,324 @@
+"""The ``expertcache`` command line: record, simulate, sweep, analyze and run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from expertcache.errors import ExpertCacheError
+
+PROFILE_HELP = "Cost profile: a built-in name (h100, desktop-4090) or a JSON file from `expertcache calibrate`. [default: h100]"
+
+
+class Commands(click.Group):
+    """A click group that reports expertcache's own errors as one line on stderr, exit status 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ExpertCacheError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="expertcache")
+def main() -> None:
+    """Run Mixture-of-Experts models larger than the GPU, with a GPU expert cache whose
+    configuration is chosen by replaying recorded expert traces.
+
+    \b
+    Typical flow:
+      expertcache sweep --trace run.parquet --budget 20GiB --out best.json
+      expertcache simulate --trace run.parquet --sets 14 --ways 4 --policy eta
+      expertcache policies
+    Every command without --trace uses the small sample trace shipped with the package.
+    """
+
+
+@main.command()
+def policies() -> None:
+    """List every replacement policy that --policy accepts."""
+    from expertcache.simulator.policies import POLICIES
+
+    width = max(len(name) for name in POLICIES)
+    for name, policy in POLICIES.items():
+        click.echo(f"{name:<{width}}  {policy.description}")
+
+
+def _trace_path(trace: str | None) -> str:
+    from expertcache.traces.io import sample_trace_path
+
+    return trace if trace is not None else str(sample_trace_path())
+
+
+@main.command()
+@click.option("--trace", "trace_path", metavar="PATH", help="Trace to replay. [default: the packaged sample]")
+@click.option("--sets", type=int, required=True, help="Number of sets N (1 = fully associative).")
+@click.option("--ways", type=int, required=True, help="Ways per set M.")
+@click.option("--policy", default="lru", show_default=True, help="Replacement policy (see `expertcache policies`).")
+@click.option("--mapping", default="modulo", show_default=True, help="How (layer, expert) picks a set: modulo or layer.")
+@click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP)
+@click.option("--threads", type=int, help="CPU threads for misses. [default: the profile's largest]")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random policy.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, seed, fmt) -> None:
+    """Replay one trace through one cache configuration and predict hit rate and tokens/s."""
+    from expertcache.simulator.costs import load_profile
+    from expertcache.simulator.engine import ReplayInput, simulate as run
+    from expertcache.simulator.geometry import Geometry
+    from expertcache.traces.io import read_trace
+
+    geometry = Geometry(sets, ways, mapping)
+    profile = load_profile(profile_name)
+    threads = threads or profile.thread_counts[-1]
+    trace = read_trace(_trace_path(trace_path))
+    result = run(ReplayInput.from_trace(trace), geometry, policy, profile, threads, seed)
+    summary = result.summary()
+    if fmt == "json":
+        summary["layer_hit_rate"] = [h / (h + m) if h + m else None for h, m in zip(result.layer_hits, result.layer_misses)]
+        click.echo(json.dumps(summary))
+        return
+    click.echo(f"trace    {trace.path}  ({trace.meta.model}, {trace.num_accesses:,} accesses)")
+    click.echo(f"cache    {sets} sets x {ways} ways = {geometry.slots} slots, policy {policy}, {threads} CPU threads, profile {profile.name}")
+    click.echo(f"hits     {result.hits:,}   misses {result.misses:,} ({result.bypassed:,} not cached)   hit rate {result.hit_rate:.1%} (decode {result.decode_hit_rate:.1%})")
+    click.echo(f"decode   {result.tokens_per_s:.2f} tokens/s predicted")
+    click.echo(
+        f"time     GPU {result.gpu_s:.3f} s, CPU {result.cpu_s:.3f} s, PCIe busy {result.pcie_busy_s:.3f} s, "
+        f"copy stalls {result.stall_s:.3f} s, overhead {result.overhead_s:.3f} s"
+    )
+
+
+@main.command()
+@click.option("--trace", "trace_paths", multiple=True, metavar="PATH", help="Trace(s) to replay; repeat for several. [default: the packaged sample]")
+@click.option("--budget", metavar="SIZE", help="GPU memory for expert slots, e.g. 20GiB. [default: a third of one trace's experts]")
+@click.option("--slots", type=int, help="Total expert slots, instead of --budget.")
+@click.option("--policies", "policy_list", default="lru,fifo,lfu,random,score,eta,belady", show_default=True, help="Comma-separated policies; belady is shown as the bound, never chosen.")
+@click.option("--threads", "thread_list", help="Comma-separated CPU thread counts. [default: every count the profile measured]")
+@click.option("--max-sets", type=int, help="Largest set count N to try. [default: all]")
+@click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP)
+@click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True, help="Where configurations run: local processes, this process, or a Ray cluster.")
+@click.option("--workers", type=int, help="Local processes. [default: all cores]")
+@click.option("--address", help="Ray cluster address (with --executor ray). [default: start a local one]")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="best-config.json", show_default=True, help="Where to write the best CacheConfig.")
+@click.option("--results", "results_path", type=click.Path(dir_okay=False), help="Write every result to this .csv or .parquet file.")
+@click.option("--top", type=int, default=15, show_default=True, help="Rows of the ranked table to print.")
+def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profile_name, executor, workers, address, out_path, results_path, top) -> None:
+    """Simulate every N x M geometry that fits the budget, for every policy and thread count,
+    print the ranking and write the best configuration for `expertcache run --config`.
+
+    For each set count N the sweep takes the most ways M that fit, since fewer ways leave
+    memory unused.
+    """
+    from expertcache.errors import ConfigError
+    from expertcache.simulator.costs import load_profile
+    from expertcache.simulator.geometry import geometries_for_slots, slots_for_budget
+    from expertcache.simulator.sweep import best_config, candidates, rank, run_sweep
+    from expertcache.traces.io import read_trace
+    from expertcache.units import format_bytes, parse_bytes
+
+    paths = list(trace_paths) or [_trace_path(None)]
+    metas = [read_trace(p).meta for p in paths]
+    shapes = {(m.num_layers, m.num_experts, m.top_k, m.expert_bytes) for m in metas}
+    if len(shapes) > 1:
+        raise ConfigError("all traces of one sweep must come from one model shape (layers, experts, top_k, expert bytes)")
+    meta = metas[0]
+    if budget and slots:
+        raise ConfigError("give --budget or --slots, not both")
+    budget_bytes = parse_bytes(budget) if budget else None
+    if budget_bytes is not None:
+        total = slots_for_budget(budget_bytes, meta.expert_bytes)
+    elif slots is not None:
+        total = slots
+        budget_bytes = slots * meta.expert_bytes
+    else:
+        total = max(meta.top_k, len(meta.moe_layers) * meta.num_experts // 3)
+        budget_bytes = total * meta.expert_bytes
+    total = min(total, len(meta.moe_layers) * meta.num_experts)
+    profile = load_profile(profile_name)
+    threads = [int(t) for t in thread_list.split(",")] if thread_list else profile.thread_counts
+    policy_names = [p.strip() for p in policy_list.split(",") if p.strip()]
+    todo = candidates(geometries_for_slots(total, meta.top_k, max_sets), policy_names, threads)
+
+    click.echo(f"{len(todo)} configurations ({total} slots of {format_bytes(meta.expert_bytes)}, profile {profile.name}) over {len(paths)} trace(s)", err=True)
+    with click.progressbar(length=len(todo), label="simulating", file=sys.stderr) as bar:
+        results = run_sweep(paths, todo, profile, executor=executor, workers=workers, address=address, on_progress=bar.update)
+    ranked = rank(results)
+    best = best_config(ranked, budget_bytes)
+    best.to_json(out_path)
+    if results_path:
+        _write_table(results, Path(results_path))
+
+    bound = ranked[ranked.offline_only].set_index(["sets", "ways", "threads"]).hit_rate
+    shown = ranked[~ranked.offline_only].head(top).reset_index(drop=True)
+    click.echo(f"{'rank':>4} {'sets':>5} {'ways':>5} {'policy':<7} {'threads':>7} {'hit rate':>9} {'belady':>7} {'tokens/s':>9}")
+    for i, row in shown.iterrows():
+        optimum = bound.get((row.sets, row.ways, row.threads))
+        optimum = f"{optimum:.1%}" if optimum is not None else "-"
+        click.echo(f"{i + 1:>4} {row.sets:>5} {row.ways:>5} {row.policy:<7} {row.threads:>7} {row.hit_rate:>9.1%} {optimum:>7} {row.tokens_per_s:>9.2f}")
+    click.echo(f"best: {best.sets} sets x {best.ways} ways, {best.policy}, {best.threads} threads -> {out_path}")
+
+
+def _write_table(frame, path: Path) -> None:
+    from expertcache.errors import ConfigError
+
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    elif path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        raise ConfigError(f"{path}: results must be written to a .csv or .parquet file")
+
+
+def _model_options(command):
+    """Options shared by `run` and `record`."""
+    options = [
+        click.option("--model", "model_path", required=True, type=click.Path(), help="Local Hugging Face model directory (config.json + safetensors)."),
+        click.option("--prompt", help="One prompt."),
+        click.option("--prompt-file", type=click.Path(), help="A file with one prompt per line."),
+        click.option("--n-prompts", type=int, help="Use only the first K prompts of --prompt-file."),
+        click.option("--max-tokens", type=int, default=128, show_default=True, help="New tokens per prompt."),
+        click.option("--config", "config_path", type=click.Path(), help="A CacheConfig JSON, e.g. from `expertcache sweep`."),
+        click.option("--sets", type=int, help="Sets N (with --ways) instead of --config."),
+        click.option("--ways", type=int, help="Ways M (with --sets)."),
+        click.option("--policy", default=None, help="Replacement policy. [default: eta, or the config's]"),
+        click.option("--threads", type=int, help="CPU threads for misses. [default: all cores but one]"),
+        click.option("--gpu-budget", help="Everything on the GPU: dense weights, KV cache, slots, e.g. 24GiB. [default: free GPU memory]"),
+        click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]"),
+        click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP),
+        click.option("--hide-response", is_flag=True, help="Do not stream the generated text."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code):
+    import torch
+
+    from expertcache.errors import ConfigError
+    from expertcache.runtime.loader import load
+    from expertcache.simulator.config import CacheConfig
+    from expertcache.units import parse_bytes
+
+    if config_path and (sets or ways):
+        raise ConfigError("give --config or --sets/--ways, not both")
+    if (sets is None) != (ways is None):
+        raise ConfigError("--sets and --ways go together")
+    config = None
+    if config_path:
+        config = CacheConfig.from_json(config_path)
+        if policy:
+            config.policy = policy
+    elif sets is not None:
+        config = CacheConfig(sets=sets, ways=ways, policy=policy or "eta")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    budget = parse_bytes(gpu_budget) if gpu_budget else None
+    return load(model_path, config=config, device=device, gpu_budget=budget, max_tokens=max_tokens + 4096,
+                threads=threads, profile=profile_name, trust_remote_code=trust_remote_code)  # fmt: skip
+
+
+def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, trust_remote_code) -> None:
+    from transformers import AutoTokenizer
+
+    from expertcache.runtime.generate import generate_prompts
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    generate_prompts(model, tokenizer, prompts, max_tokens, stream=not hide_response)
+    runtime = model.expertcache
+    stats = runtime.stats
+    config = runtime.config
+    click.echo(f"\ncache    {config.sets} sets x {config.ways} ways, {config.policy}, {runtime.threads} CPU threads, device {runtime.device}")
+    click.echo(f"decode   {stats.decode_tokens_per_s:.2f} tokens/s ({stats.decode_tokens} tokens); prefill {stats.prefill_tokens} tokens in {stats.prefill_s:.2f} s")
+    click.echo(f"experts  hit rate {stats.hit_rate:.1%} ({stats.hits:,} hits, {stats.misses:,} misses, {stats.copies:,} copies, {stats.bypassed:,} not cached)")
+    click.echo(f"time     CPU experts {stats.layer_cpu_s.sum():.2f} s, GPU experts {stats.layer_gpu_s.sum():.2f} s, copy waits {stats.copy_wait_s:.3f} s ({stats.copy_waits})")
+
+
+@main.command()
+@_model_options
+def run(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, hide_response, trust_remote_code) -> None:
+    """Generate with the expert cache and report tokens/s, hit rate and where the time went."""
+    from expertcache.runtime.generate import read_prompts
+
+    prompts = read_prompts(prompt, prompt_file, n_prompts)
+    model = _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code)
+    _generate_and_report(model, model_path, prompts, max_tokens, hide_response, trust_remote_code)
+
+
+@main.command()
+@_model_options
+@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="Where to write the trace (.parquet); timing and per-access siblings go beside it.")
+def record(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, hide_response, trust_remote_code, trace_path) -> None:
+    """Like `run`, and write the expert trace of the run for `sweep` and `analyze`.
+
+    A recording cut short keeps every completed token: `expertcache trace info` reads it.
+    """
+    from expertcache.runtime.generate import read_prompts
+    from expertcache.runtime.record import Recorder, sibling
+
+    prompts = read_prompts(prompt, prompt_file, n_prompts)
+    model = _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code)
+    model.expertcache.recorder = Recorder(trace_path, model.expertcache, model_name=Path(model_path).name)
+    try:
+        _generate_and_report(model, model_path, prompts, max_tokens, hide_response, trust_remote_code)
+    finally:
+        model.expertcache.recorder.close()
+    click.echo(f"trace    {trace_path} (+ {sibling(trace_path, 'timing').name}, {sibling(trace_path, 'access').name})")
+
+
+@main.command()
+@click.option("--family", type=click.Choice(["mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"]), default="mixtral", show_default=True)
+@click.option("--layers", type=int, default=4, show_default=True, help="Decoder layers.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write the model and tokenizer to.")
+def synthesize(family, layers, seed, out_dir) -> None:
+    """Write a toy model of an MoE family with random weights (and a tokenizer) to try the tools on."""
+    from expertcache.runtime.synthetic import build_tiny_model
+
+    path = build_tiny_model(family, out_dir, num_layers=layers, seed=seed)
+    click.echo(f"{family} model with {layers} layers written to {path}")
+
+
+@main.group()
+def trace() -> None:
+    """Inspect and check trace files."""
+
+
+@trace.command()
+@click.argument("path", required=False)
+def info(path) -> None:
+    """Print a trace's metadata and size. [default: the packaged sample]"""
+    from expertcache.traces.io import read_trace
+
+    loaded = read_trace(_trace_path(path))
+    frame = loaded.frame
+    meta = loaded.meta
+    click.echo(f"file          {loaded.path}")
+    click.echo(f"model         {meta.model}")
+    click.echo(f"shape         {meta.num_layers} layers ({len(meta.moe_layers)} MoE), {meta.num_experts} experts, top-{meta.top_k}, {meta.expert_bytes:,} bytes per expert ({meta.dtype})")
+    click.echo(f"requests      {frame.request.nunique()}")
+    for phase in ("prefill", "decode"):
+        rows = frame[frame.phase == phase]
+        tokens = len(rows[["request", "position"]].drop_duplicates())
+        click.echo(f"{phase:<13} {tokens:,} tokens, {len(rows):,} accesses")
+    click.echo(f"created       {meta.created}")
+    click.echo(f"recorded with {json.dumps(meta.runtime) if meta.runtime else 'no runtime configuration'}")
+
+
+@trace.command()
+@click.argument("paths", nargs=-1, required=True)
+def validate(paths) -> None:
+    """Check that trace files follow the documented schema; exit 2 at the first that does not."""
+    from expertcache.traces.io import read_trace
+
+    for path in paths:
+        loaded = read_trace(path)
+        click.echo(f"{path}: ok ({loaded.num_accesses:,} accesses)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The GPU slot pool: N × M preallocated expert rows, filled by copies on their own stream.
+
+A copy into a slot must not start while a kernel still reads the expert it replaces, and a
+kernel must not read a slot before its copy lands: two CUDA events per slot guard both. On the
+CPU device (tests, CI) the same calls copy synchronously and the events are skipped.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class SlotPool:
+    def __init__(self, slots: int, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.device = device
+        self.buffer = torch.empty(slots, numel, dtype=dtype, device=device)
+        self.on_cuda = device.type == "cuda"
+        self.copy_stream = torch.cuda.Stream(device) if self.on_cuda else None
+        self._landed: list[torch.cuda.Event | None] = [None] * slots
+        self._released: list[torch.cuda.Event | None] = [None] * slots
+
+    def fill(self, slot: int, host_row: torch.Tensor) -> None:
+        """Start copying one expert (a flat, pinned host row) into ``slot``."""
+        if not self.on_cuda:
+            self.buffer[slot].copy_(host_row)
+            return
+        with torch.cuda.stream(self.copy_stream):
+            if self._released[slot] is not None:
+                self.copy_stream.wait_event(self._released[slot])
+            self.buffer[slot].copy_(host_row, non_blocking=True)
+            landed = torch.cuda.Event()
+            landed.record(self.copy_stream)
+        self._landed[slot] = landed
+
+    def acquire(self, slot: int, waits: list | None = None) -> torch.Tensor:
+        """The slot's row, for kernels queued after its copy lands.
+
+        When the copy is still in flight and ``waits`` is given, a pair of timing events around
+        the wait is appended to it, so the time the GPU stood idle can be read afterwards.
+        """
+        landed = self._landed[slot] if self.on_cuda else None
+        if landed is not None:
+            stream = torch.cuda.current_stream(self.device)
+            if waits is not None and not landed.query():
+                before, after = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                before.record(stream)
+                stream.wait_event(landed)
+                after.record(stream)
+                waits.append((before, after))
+            else:
+                stream.wait_event(landed)
+        return self.buffer[slot]
+
+    def release(self, slot: int) -> None:
+        """Mark the point after which kernels no longer read ``slot``."""
+        if self.on_cuda:
+            released = torch.cuda.Event()
+            released.record(torch.cuda.current_stream(self.device))
+            self._released[slot] = released

@@ -1,0 +1,63 @@
+"""What the runtime measured: hits and misses per layer, and where the time went."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class RuntimeStats:
+    """Counters of one loaded model; ``model.expertcache.stats`` while it runs."""
+
+    num_layers: int
+    layer_hits: np.ndarray = field(init=False)
+    layer_misses: np.ndarray = field(init=False)
+    layer_cpu_s: np.ndarray = field(init=False)
+    layer_gpu_s: np.ndarray = field(init=False)
+    copies: int = 0  # experts copied into slots
+    bypassed: int = 0  # misses the policy chose not to cache
+    fetched: int = 0  # misses computed on the GPU after their copy (multi-token passes)
+    copy_waits: int = 0  # hits whose copy had not landed when the layer ran
+    copy_wait_s: float = 0.0  # GPU time spent waiting for those copies
+    prefill_tokens: int = 0
+    decode_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("layer_hits", "layer_misses"):
+            setattr(self, name, np.zeros(self.num_layers, dtype=np.int64))
+        for name in ("layer_cpu_s", "layer_gpu_s"):
+            setattr(self, name, np.zeros(self.num_layers, dtype=np.float64))
+
+    @property
+    def hits(self) -> int:
+        return int(self.layer_hits.sum())
+
+    @property
+    def misses(self) -> int:
+        return int(self.layer_misses.sum())
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / max(self.hits + self.misses, 1)
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+
+    def layer_hit_rate(self) -> list[float | None]:
+        total = self.layer_hits + self.layer_misses
+        return [float(h / t) if t else None for h, t in zip(self.layer_hits, total)]
+
+    def summary(self) -> dict:
+        return {
+            "hits": self.hits, "misses": self.misses, "hit_rate": self.hit_rate, "bypassed": self.bypassed,
+            "copies": self.copies, "fetched": self.fetched, "copy_waits": self.copy_waits, "copy_wait_s": self.copy_wait_s,
+            "prefill_tokens": self.prefill_tokens, "prefill_s": self.prefill_s,
+            "decode_tokens": self.decode_tokens, "decode_s": self.decode_s,
+            "decode_tokens_per_s": self.decode_tokens_per_s,
+            "cpu_expert_s": float(self.layer_cpu_s.sum()), "gpu_expert_s": float(self.layer_gpu_s.sum()),
+        }  # fmt: skip

@@ -1,0 +1,108 @@
+"""Cost model: the measured rates of one machine, and the times derived from them.
+
+A :class:`Profile` holds nothing but measurements (``expertcache calibrate`` writes one on the
+machine at hand; two are built in). Expert times scale with the expert's bytes, because a
+one-token expert FFN reads its weights once and is bound by memory bandwidth.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from expertcache.errors import ConfigError
+
+BUILTIN_PROFILES = {
+    "h100": "the lent H100 80 GB machine: PCIe 5.0, 16-core Xeon with AMX (DESIGN.md's table)",
+    "desktop-4090": "the seed paper's desktop: RTX 4090 on PCIe 4.0, 24 CPU cores",
+}
+
+
+@dataclass
+class Profile:
+    """Measured component rates of one machine for one expert shape.
+
+    Tables are keyed by token count (and thread count for the CPU) and interpolated linearly
+    between measured points, extrapolated proportionally beyond the last one.
+    """
+
+    name: str
+    expert_bytes: int
+    h2d_gbps: float
+    cpu_expert_ms: dict[int, dict[int, float]]  # threads → tokens → ms
+    gpu_expert_ms: dict[int, float]  # tokens → ms
+    dense_ms: dict[int, float]  # tokens → ms per decoder layer (attention, norms, router)
+    layer_overhead_ms: float  # per MoE layer: dispatch, synchronisation, Python
+    cpu_slowdown_during_copy: float = 1.0  # CPU expert time factor while a copy shares memory bandwidth
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        self.cpu_expert_ms = {int(t): {int(n): float(ms) for n, ms in row.items()} for t, row in self.cpu_expert_ms.items()}
+        self.gpu_expert_ms = {int(n): float(ms) for n, ms in self.gpu_expert_ms.items()}
+        self.dense_ms = {int(n): float(ms) for n, ms in self.dense_ms.items()}
+        if self.h2d_gbps <= 0 or self.expert_bytes <= 0:
+            raise ConfigError(f"profile '{self.name}': h2d_gbps and expert_bytes must be positive")
+        if not self.cpu_expert_ms or not self.gpu_expert_ms or not self.dense_ms:
+            raise ConfigError(f"profile '{self.name}': cpu_expert_ms, gpu_expert_ms and dense_ms need at least one point")
+
+    @property
+    def thread_counts(self) -> list[int]:
+        return sorted(self.cpu_expert_ms)
+
+    def copy_s(self, expert_bytes: int) -> float:
+        """Seconds to copy one expert host→device over the pinned path."""
+        return expert_bytes / (self.h2d_gbps * 1e9)
+
+    def cpu_table_s(self, threads: int, expert_bytes: int, max_tokens: int) -> np.ndarray:
+        """CPU seconds for one expert at 0..max_tokens tokens, with ``threads`` threads."""
+        if threads not in self.cpu_expert_ms:
+            raise ConfigError(f"profile '{self.name}' has no CPU timings for {threads} threads; it has {self.thread_counts}")
+        return _table(self.cpu_expert_ms[threads], max_tokens) * (expert_bytes / self.expert_bytes) / 1e3
+
+    def gpu_table_s(self, expert_bytes: int, max_tokens: int) -> np.ndarray:
+        return _table(self.gpu_expert_ms, max_tokens) * (expert_bytes / self.expert_bytes) / 1e3
+
+    def dense_table_s(self, max_tokens: int) -> np.ndarray:
+        return _table(self.dense_ms, max_tokens) / 1e3
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "Profile":
+        try:
+            data = json.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such profile file") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a JSON profile ({exc})") from None
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{path}: not a profile ({exc})") from None
+
+
+def _table(points: dict[int, float], max_tokens: int) -> np.ndarray:
+    """Milliseconds at 0..max_tokens tokens from measured points (0 tokens costs nothing)."""
+    xs = np.array(sorted(points), dtype=np.float64)
+    ys = np.array([points[int(x)] for x in xs], dtype=np.float64)
+    tokens = np.arange(max_tokens + 1, dtype=np.float64)
+    values = np.interp(tokens, xs, ys)
+    beyond = tokens > xs[-1]
+    values[beyond] = ys[-1] * tokens[beyond] / xs[-1]
+    values[0] = 0.0
+    return values
+
+
+def load_profile(name_or_path: str | Path | None) -> Profile:
+    """A built-in profile by name (default ``h100``) or a calibrated one from a JSON file."""
+    name = "h100" if name_or_path is None else str(name_or_path)
+    if name in BUILTIN_PROFILES:
+        return Profile.from_json(Path(str(resources.files("expertcache.simulator") / "profiles" / f"{name}.json")))
+    if not Path(name).exists():
+        raise ConfigError(f"no profile '{name}': give a JSON file or one of {', '.join(BUILTIN_PROFILES)}")
+    return Profile.from_json(name)

@@ -1,0 +1,74 @@
+"""Caching must never change the output: greedy tokens equal plain transformers', token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from conftest import FAMILIES
+from expertcache.runtime.loader import load
+from expertcache.simulator.config import CacheConfig
+from expertcache.simulator.costs import load_profile
+
+NEW_TOKENS = 12
+GEOMETRIES = [(2, 1), (3, 2), (1, 5)]  # a 1-way cache, a set-associative one, a fully associative one
+_reference: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompt ids and plain transformers' greedy continuation (default experts implementation)."""
+    if model_dir not in _reference:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        ids = tokenizer("Natalia sold clips to 48 of her friends", return_tensors="pt").input_ids
+        plain = AutoModelForCausalLM.from_pretrained(model_dir)
+        out = plain.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        _reference[model_dir] = (ids, out)
+    return _reference[model_dir]
+
+
+def cached_generate(model_dir: str, config: CacheConfig, **load_args) -> tuple[torch.Tensor, object]:
+    ids, _ = reference(model_dir)
+    model = load(model_dir, config=config, device="cpu", **load_args)
+    model.expertcache.begin_request(0)
+    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
+    model.expertcache.end_pass()
+    return out, model.expertcache
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("policy", ["lru", "fifo", "lfu", "random"])
+def test_greedy_tokens_equal_plain_transformers(model_dirs, family, policy):
+    model_dir = model_dirs(family)
+    expected = reference(model_dir)[1]
+    for sets, ways in GEOMETRIES:
+        out, runtime = cached_generate(model_dir, CacheConfig(sets=sets, ways=ways, policy=policy, seed=7))
+        assert torch.equal(out, expected), f"{family} {policy} {sets}x{ways}"
+        assert runtime.stats.misses > 0 and runtime.stats.copies > 0
+
+
+@pytest.mark.parametrize("policy", ["eta", "score"])
+def test_bypassing_and_score_policies_keep_the_output(model_dirs, policy):
+    model_dir = model_dirs("qwen2_moe")
+    out, runtime = cached_generate(model_dir, CacheConfig(sets=2, ways=2, policy=policy))
+    assert torch.equal(out, reference(model_dir)[1])
+
+
+def test_prefill_misses_fetched_to_the_gpu_path_keep_the_output(model_dirs):
+    model_dir = model_dirs("mixtral")
+    fetch_always = load_profile("h100")
+    fetch_always.cpu_expert_ms = {t: {n: ms * 1000 for n, ms in row.items()} for t, row in fetch_always.cpu_expert_ms.items()}
+    out, runtime = cached_generate(model_dir, CacheConfig(sets=4, ways=2, policy="lru"), profile=fetch_always)
+    assert torch.equal(out, reference(model_dir)[1])
+    assert runtime.stats.fetched > 0
+
+
+def test_statistics_count_every_access(model_dirs):
+    model_dir = model_dirs("olmoe")
+    ids, _ = reference(model_dir)
+    _, runtime = cached_generate(model_dir, CacheConfig(sets=3, ways=2, policy="lru"))
+    stats = runtime.stats
+    tokens = ids.shape[1] + NEW_TOKENS - 1
+    assert (stats.prefill_tokens, stats.decode_tokens) == (ids.shape[1], NEW_TOKENS - 1)
+    assert stats.hits + stats.misses == tokens * len(runtime.moe_layers) * runtime.top_k
+    assert len(stats.layer_hit_rate()) == 3

@@ -1,0 +1,139 @@
+"""Recording: the runtime's hit/miss sequence equals the simulator's replay of its own trace;
+a killed recording reads back; the CLI commands run for real."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import AutoConfig, AutoTokenizer
+
+from expertcache.runtime.generate import generate_prompts
+from expertcache.runtime.loader import load
+from expertcache.runtime.record import Recorder, sibling
+from expertcache.simulator.config import CacheConfig
+from expertcache.simulator.costs import load_profile
+from expertcache.simulator.engine import ReplayInput, simulate
+from expertcache.traces.io import read_trace
+
+PROMPTS = ["The cache keeps the experts", "def add(a, b):", "Natalia sold clips"]
+ORDER = ["request", "step", "layer", "position", "rank"]
+
+
+@pytest.mark.parametrize("policy, sets, ways", [("lru", 3, 2), ("fifo", 1, 6), ("lfu", 2, 3), ("random", 6, 1), ("eta", 2, 3), ("score", 3, 2)])
+def test_runtime_and_simulator_make_the_same_decisions(model_dirs, tmp_path, policy, sets, ways):
+    model_dir = model_dirs("qwen3_moe")
+    config = CacheConfig(sets=sets, ways=ways, policy=policy, seed=5)
+    model = load(model_dir, config=config, device="cpu")
+    model.expertcache.recorder = Recorder(tmp_path / "run.parquet", model.expertcache, "tiny-qwen3")
+    generate_prompts(model, AutoTokenizer.from_pretrained(model_dir), PROMPTS, max_new_tokens=10, stream=False)
+    model.expertcache.recorder.close()
+
+    trace = read_trace(tmp_path / "run.parquet")
+    assert trace.meta.runtime["policy"] == policy and trace.meta.top_k == 2
+    assert set(trace.frame.phase) == {"prefill", "decode"} and trace.frame.request.nunique() == 3
+    replay = ReplayInput.from_trace(trace)
+    simulated = simulate(replay, config.geometry, policy, load_profile("h100"), 16, seed=config.seed, keep_outcome=True)
+
+    runtime = pd.read_parquet(sibling(tmp_path / "run.parquet", "access")).sort_values(ORDER, kind="stable")
+    ordered = trace.in_execution_order()
+    assert ordered[["request", "position", "layer", "rank"]].to_numpy().tolist() == runtime[["request", "position", "layer", "rank"]].to_numpy().tolist()
+    assert np.array_equal(simulated.outcome == 1, runtime.hit.to_numpy())
+    assert np.array_equal(simulated.outcome == -1, runtime.slot.to_numpy() < 0)
+    assert simulated.hits == model.expertcache.stats.hits > 0
+
+
+def test_timing_sibling_has_a_row_per_pass_and_layer(model_dirs, tmp_path):
+    model_dir = model_dirs("mixtral")
+    model = load(model_dir, config=CacheConfig(sets=2, ways=2), device="cpu")
+    model.expertcache.recorder = Recorder(tmp_path / "t.parquet", model.expertcache, "tiny")
+    generate_prompts(model, AutoTokenizer.from_pretrained(model_dir), PROMPTS[:1], max_new_tokens=5, stream=False)
+    model.expertcache.recorder.close()
+    timing = pd.read_parquet(sibling(tmp_path / "t.parquet", "timing"))
+    assert len(timing) == 5 * 3  # 1 prefill + 4 decode passes, 3 layers
+    assert (timing.pass_wall_s > 0).all() and (timing.cpu_s >= 0).all()
+    assert (timing.hits + timing.misses).tolist()[3:] == [2] * 12
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "expertcache.cli", *args]
+
+
+def test_record_killed_with_sigkill_leaves_a_readable_trace(model_dirs, tmp_path):
+    model_dir = model_dirs("olmoe")
+    trace = tmp_path / "killed.parquet"
+    process = subprocess.Popen(
+        _cli("record", "--model", model_dir, "--prompt", "The cache keeps", "--max-tokens", "400", "--device", "cpu",
+             "--sets", "2", "--ways", "2", "--hide-response", "--trace", str(trace)),  # fmt: skip
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    partial = trace.with_name(trace.name + ".partial")
+    deadline = time.time() + 120
+    while time.time() < deadline and (not partial.exists() or partial.stat().st_size < 20_000):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL
+    recovered = read_trace(trace)
+    assert len(recovered.frame) > 100
+    info = subprocess.run(_cli("trace", "info", str(trace)), capture_output=True, text=True)
+    assert info.returncode == 0 and "decode" in info.stdout
+
+
+def test_run_and_record_commands(model_dirs, tmp_path):
+    model_dir = model_dirs("phimoe")
+    CacheConfig(sets=2, ways=3, policy="lfu").to_json(tmp_path / "best.json")
+    run = subprocess.run(_cli("run", "--model", model_dir, "--prompt", "def add(a, b):", "--max-tokens", "6",
+                              "--config", str(tmp_path / "best.json"), "--device", "cpu"), capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "2 sets x 3 ways, lfu" in run.stdout and "tokens/s" in run.stdout and "hit rate" in run.stdout
+    (tmp_path / "prompts.txt").write_text("first prompt\n\nsecond prompt\nthird prompt\n")
+    record = subprocess.run(_cli("record", "--model", model_dir, "--prompt-file", str(tmp_path / "prompts.txt"), "--n-prompts", "2",
+                                 "--max-tokens", "4", "--device", "cpu", "--hide-response", "--trace", str(tmp_path / "r.parquet")),
+                            capture_output=True, text=True)  # fmt: skip
+    assert record.returncode == 0, record.stderr
+    assert read_trace(tmp_path / "r.parquet").frame.request.nunique() == 2
+
+
+@pytest.mark.parametrize(
+    "budget, message",
+    [("1MB", "cannot hold the dense weights"), ("300KB", "cannot hold the dense weights")],
+)
+def test_a_budget_too_small_is_refused_before_loading(model_dirs, budget, message):
+    from expertcache.errors import ConfigError
+    from expertcache.units import parse_bytes
+
+    with pytest.raises(ConfigError, match=message):
+        load(model_dirs("mixtral"), device="cpu", gpu_budget=parse_bytes(budget), max_tokens=64)
+
+
+def test_fewer_slots_than_top_k_is_refused(model_dirs):
+    from expertcache.errors import ConfigError
+    from expertcache.runtime.loader import plan_memory
+
+    config = AutoConfig.from_pretrained(model_dirs("mixtral"))
+    plan = plan_memory(config, 2**40, 64, torch.float32)
+    # the reserve is 4 % of the budget + 256 MiB; leave room for one and a half experts
+    budget = int((plan.dense_bytes + plan.kv_bytes + 256 * 2**20 + 1.5 * plan.expert_bytes) / 0.96)
+    with pytest.raises(ConfigError, match="room for 1 expert slots .* fewer than top_k = 2"):
+        load(model_dirs("mixtral"), device="cpu", gpu_budget=budget, max_tokens=64)
+
+
+def test_run_reports_bad_input_in_one_line(model_dirs, tmp_path):
+    cases = [
+        (["--model", str(tmp_path / "nowhere"), "--prompt", "x"], "not a model directory"),
+        (["--model", model_dirs("mixtral"), "--prompt", "x", "--device", "cpu", "--gpu-budget", "1MB"], "cannot hold the dense weights"),
+        (["--model", model_dirs("mixtral"), "--device", "cpu"], "exactly one of --prompt and --prompt-file"),
+        (["--model", model_dirs("mixtral"), "--prompt", "x", "--device", "cpu", "--sets", "1", "--ways", "1"], "fewer than top_k"),
+    ]
+    for args, message in cases:
+        result = subprocess.run(_cli("run", *args), capture_output=True, text=True)
+        assert result.returncode == 2, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr

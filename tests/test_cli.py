@@ -1,0 +1,97 @@
+"""The command line, run for real in a subprocess, as a user would run it."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import run_cli
+from expertcache.simulator.config import CacheConfig
+from expertcache.simulator.costs import load_profile
+from expertcache.simulator.engine import ReplayInput, simulate
+from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.policies import POLICIES
+from expertcache.traces.io import read_trace
+
+
+def test_policies_lists_every_name_that_policy_accepts():
+    result = run_cli("policies")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == list(POLICIES)
+
+
+def test_simulate_json_matches_the_python_api(small_trace):
+    result = run_cli("simulate", "--trace", str(small_trace), "--sets", "2", "--ways", "1", "--policy", "lfu", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    expected = simulate(ReplayInput.from_trace(read_trace(small_trace)), Geometry(2, 1), "lfu", load_profile("h100"), 16)
+    for key in ("hits", "misses", "hit_rate", "tokens_per_s", "sets", "ways", "policy"):
+        assert printed[key] == pytest.approx(expected.summary()[key]) if isinstance(printed[key], float) else printed[key] == expected.summary()[key]
+    assert len(printed["layer_hit_rate"]) == 2
+
+
+def test_sweep_writes_the_best_config_and_every_result(small_trace, tmp_path):
+    out, results = tmp_path / "best.json", tmp_path / "all.parquet"
+    result = run_cli("sweep", "--trace", str(small_trace), "--slots", "4", "--executor", "serial",
+                     "--out", str(out), "--results", str(results))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = CacheConfig.from_json(out)
+    assert config.slots <= 4 and config.policy != "belady"
+    table = pq.read_table(results).to_pandas()
+    assert len(table) == 4 * 7 * 4  # geometries × policies × profile thread counts
+    assert "rank" in result.stdout and f"best: {config.sets} sets x {config.ways} ways" in result.stdout
+
+
+def test_sweep_with_no_arguments_runs_on_the_packaged_sample(tmp_path):
+    result = run_cli("sweep", "--executor", "serial", "--max-sets", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert CacheConfig.from_json(tmp_path / "best-config.json").slots > 0
+
+
+def test_trace_info_and_validate(small_trace):
+    info = run_cli("trace", "info", str(small_trace))
+    assert info.returncode == 0 and "4 experts, top-1" in info.stdout
+    ok = run_cli("trace", "validate", str(small_trace))
+    assert ok.returncode == 0 and "ok (16 accesses)" in ok.stdout
+
+
+def _bad_trace(tmp_path):
+    table = pa.table({"request": pa.array([0], pa.int32())})
+    pq.write_table(table, tmp_path / "schema.parquet")
+    return tmp_path / "schema.parquet"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["simulate", "--trace", "{missing}", "--sets", "1", "--ways", "2"], "no such trace file"),
+        (["simulate", "--trace", "{text}", "--sets", "1", "--ways", "2"], "not a readable Parquet file"),
+        (["trace", "validate", "{schema}"], "no 'expertcache' metadata"),
+        (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--policy", "mru"], "unknown policy 'mru'"),
+        (["simulate", "--trace", "{trace}", "--sets", "0", "--ways", "2"], "at least one set"),
+        (["sweep", "--trace", "{trace}", "--budget", "100KB"], "smaller than one expert"),
+        (["sweep", "--trace", "{trace}", "--budget", "lots"], "cannot read 'lots' as a size"),
+        (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--profile", "nowhere.json"], "no profile"),
+        (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--threads", "3"], "no CPU timings for 3 threads"),
+    ],
+)
+def test_bad_input_is_one_line_on_stderr_and_exit_status_2(small_trace, tmp_path, args, message):
+    (tmp_path / "notes.txt").write_text("not parquet")
+    paths = {"missing": tmp_path / "absent.parquet", "text": tmp_path / "notes.txt", "schema": _bad_trace(tmp_path), "trace": small_trace}
+    result = run_cli(*[a.format(**paths) for a in args])
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_fewer_slots_than_top_k_is_refused(tmp_path):
+    from conftest import decode_rows, tiny_meta, write_trace
+
+    trace = write_trace(tmp_path / "k2.parquet", tiny_meta(top_k=2), decode_rows([[[0, 1], [2, 3]]]))
+    result = run_cli("simulate", "--trace", str(trace), "--sets", "1", "--ways", "1")
+    assert result.returncode == 2 and "fewer than top_k = 2" in result.stderr
