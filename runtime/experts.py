@@ -30,6 +30,10 @@ class ExpertLayout:
 
     @classmethod
     def of(cls, module: nn.Module) -> "ExpertLayout":
+        """The layout of a module's experts; remembered on the module once its parameters move."""
+        known = getattr(module, "_expertcache_layout", None)
+        if known is not None:
+            return known
         num_experts = module.num_experts
         names, shapes, offsets, total = [], [], [], 0
         for name, param in module.named_parameters(recurse=False):
@@ -43,7 +47,9 @@ class ExpertLayout:
         dtypes = {getattr(module, n).dtype for n in names}
         if len(dtypes) != 1:
             raise ValueError(f"{type(module).__name__}: expert parameters of mixed dtypes {dtypes}")
-        return cls(tuple(names), tuple(shapes), tuple(offsets), total, dtypes.pop())
+        layout = cls(tuple(names), tuple(shapes), tuple(offsets), total, dtypes.pop())
+        module._expertcache_layout = layout
+        return layout
 
     @property
     def nbytes(self) -> int:
@@ -68,7 +74,7 @@ def find_experts_modules(model: nn.Module) -> list[tuple[int, str, nn.Module]]:
     """Every routed-experts module as (decoder layer index, qualified name, module), by layer."""
     found = []
     for name, module in model.named_modules():
-        if hasattr(module, "has_gate") and hasattr(module, "is_transposed") and hasattr(module, "num_experts"):
+        if hasattr(module, "has_gate") and hasattr(module, "num_experts") and hasattr(module, "down_proj"):
             match = _LAYER_IN_NAME.search(name)
             if match is None:
                 raise ValueError(f"cannot tell the decoder layer of experts module '{name}'")
@@ -87,8 +93,8 @@ def expert_ffn(module: nn.Module, x: torch.Tensor, weights: dict[str, torch.Tens
     The optional post-expert norm is left to the caller: its weights live on the GPU while
     this may run on the CPU.
     """
-    transposed = module.is_transposed
-    if module.has_gate:
+    transposed = getattr(module, "is_transposed", False)
+    if getattr(module, "has_gate", True):
         hidden = _linear(x, weights["gate_up_proj"], weights.get("gate_up_proj_bias"), transposed)
         hidden = module._apply_gate(hidden)
     else:

@@ -171,26 +171,44 @@ def load(
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype, experts_implementation=IMPLEMENTATION, trust_remote_code=trust_remote_code
     )
+    host = {layer: _move_experts_to_host(module, pin=device.type == "cuda") for layer, _, module in find_experts_modules(model)}
+    return attach(model, host, config, device, threads, profile, plan.top_k)
+
+
+def attach(
+    model: PreTrainedModel,
+    host: dict[int, torch.Tensor],
+    config: CacheConfig,
+    device: torch.device,
+    threads: int,
+    profile: Profile | str | None,
+    top_k: int,
+    all_on_cpu: bool = False,
+) -> PreTrainedModel:
+    """Move the dense rest of ``model`` to ``device`` and put its experts behind the cache.
+
+    ``host`` holds each MoE layer's experts as flat rows (see ``ExpertLayout``); the experts
+    modules' own parameters must already be emptied.
+    """
     model.eval()
     experts = find_experts_modules(model)
     layout = ExpertLayout.of(experts[0][2])
-    host = {layer: _move_experts_to_host(module, layout, pin=device.type == "cuda") for layer, _, module in experts}
+    if any(ExpertLayout.of(module) != layout for _, _, module in experts):
+        raise ConfigError("the experts modules of this model differ in layout; one slot pool cannot hold them all")
     model.to(device)
     num_layers = max(layer for layer, _, _ in experts) + 1
     if not isinstance(profile, Profile):
         profile = load_profile(profile)
-    runtime = CachedExperts(
-        [(layer, module) for layer, _, module in experts], host, layout, config, num_layers, device, profile, threads,
-        plan.top_k,
+    model.expertcache = CachedExperts(
+        [(layer, module) for layer, _, module in experts], host, layout, config, num_layers, device, profile, threads, top_k,
+        all_on_cpu=all_on_cpu,
     )
-    model.expertcache = runtime
     return model
 
 
-def _move_experts_to_host(module: torch.nn.Module, layout: ExpertLayout, pin: bool) -> torch.Tensor:
+def _move_experts_to_host(module: torch.nn.Module, pin: bool) -> torch.Tensor:
     """One flat row per expert (one copy per fetch), replacing the module's own parameters."""
-    if ExpertLayout.of(module) != layout:
-        raise ConfigError(f"experts modules of one model differ in layout: {type(module).__name__}")
+    layout = ExpertLayout.of(module)
     rows = torch.empty(module.num_experts, layout.numel, dtype=layout.dtype, pin_memory=pin)
     for name, shape, offset in zip(layout.names, layout.shapes, layout.offsets):
         param = getattr(module, name)

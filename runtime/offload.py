@@ -48,10 +48,20 @@ class LayerPass:
     wait_events: list = field(default_factory=list)  # (before, after) CUDA events around copy waits
 
 
+class AllOnCpu:
+    """Stands in for the cache when every expert is computed on the CPU (Fiddler, llama.cpp's
+    ``--cpu-moe``): the baseline expertcache is measured against."""
+
+    def access_many(self, layers, experts, weights, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        count = len(layers)
+        return np.zeros(count, dtype=np.bool_), np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64)
+
+
 class CachedExperts:
     """Host copies of every routed expert, the GPU slot pool, the cache core and the counters.
 
-    Reached from a loaded model as ``model.expertcache``.
+    Reached from a loaded model as ``model.expertcache``. With ``all_on_cpu`` no slot is
+    allocated and every expert runs on the CPU.
     """
 
     def __init__(
@@ -65,6 +75,7 @@ class CachedExperts:
         profile: Profile,
         threads: int,
         top_k: int,
+        all_on_cpu: bool = False,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -73,10 +84,13 @@ class CachedExperts:
         self.moe_layers = [layer for layer, _ in layers]
         self.num_experts = layers[0][1].num_experts
         self.top_k = top_k
-        self.cache = ExpertCache(
-            config.geometry, config.policy, num_layers, self.num_experts, self.moe_layers, seed=config.seed
-        )
-        self.pool = SlotPool(config.slots, layout.numel, layout.dtype, device)
+        if all_on_cpu:
+            self.cache = AllOnCpu()
+        else:
+            self.cache = ExpertCache(
+                config.geometry, config.policy, num_layers, self.num_experts, self.moe_layers, seed=config.seed
+            )
+        self.pool = SlotPool(0 if all_on_cpu else config.slots, layout.numel, layout.dtype, device)
         self.stats = RuntimeStats(num_layers)
         self.threads = threads
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, 4096)
@@ -187,7 +201,7 @@ class CachedExperts:
         final = torch.zeros_like(hidden)
         for expert, _, token_idx, rank_idx in sorted(resident + fetched + on_cpu, key=lambda job: job[0]):
             out = results[expert]
-            if module.has_post_expert_norm:
+            if getattr(module, "has_post_expert_norm", False):
                 out = module.post_expert_norm(out)
             token_idx = token_idx.to(hidden.device)
             out = out * top_k_weights[token_idx, rank_idx.to(hidden.device), None]

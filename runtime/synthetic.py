@@ -74,3 +74,86 @@ def _spread_router_logits(model: torch.nn.Module) -> None:
         for name, param in model.named_parameters():
             if name.endswith(("gate.weight", "router.weight")) and param.dim() == 2:
                 param.normal_(0.0, 0.5)
+
+
+FULL_SHAPES: dict[str, tuple[str, dict]] = {
+    "mixtral-8x7b": ("MixtralConfig", dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                                           num_attention_heads=32, num_key_value_heads=8, num_local_experts=8,
+                                           num_experts_per_tok=2, max_position_embeddings=32768)),
+    "phi-3.5-moe": ("PhimoeConfig", dict(vocab_size=32064, hidden_size=4096, intermediate_size=6400, num_hidden_layers=32,
+                                         num_attention_heads=32, num_key_value_heads=8, num_local_experts=16,
+                                         num_experts_per_tok=2, max_position_embeddings=131072)),
+    "olmoe-1b-7b": ("OlmoeConfig", dict(vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_hidden_layers=16,
+                                        num_attention_heads=16, num_key_value_heads=16, num_experts=64,
+                                        num_experts_per_tok=8, max_position_embeddings=4096)),
+    "qwen3-30b-a3b": ("Qwen3MoeConfig", dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+                                             moe_intermediate_size=768, num_hidden_layers=48, num_attention_heads=32,
+                                             num_key_value_heads=4, head_dim=128, num_experts=128, num_experts_per_tok=8,
+                                             max_position_embeddings=40960)),
+}  # fmt: skip
+"""Published architectures (their configs on the Hugging Face Hub), for weightless benchmarks."""
+
+_BLOCK = 1 << 24
+"""Elements of the random block that synthesized expert weights are tiled from."""
+
+
+def full_size_config(shape: str, num_layers: int | None = None):
+    if shape not in FULL_SHAPES:
+        raise ValueError(f"unknown shape '{shape}'; known: {', '.join(FULL_SHAPES)}")
+    class_name, settings = FULL_SHAPES[shape]
+    if num_layers is not None:
+        settings = {**settings, "num_hidden_layers": num_layers}
+    return getattr(transformers, class_name)(**settings, tie_word_embeddings=False)
+
+
+def build_full_size(
+    shape: str, num_layers: int | None = None, device: str = "cuda", dtype: torch.dtype = torch.bfloat16, seed: int = 0
+) -> tuple[torch.nn.Module, dict[int, torch.Tensor], int]:
+    """A full-size architecture with synthesized weights, ready for ``loader.attach``.
+
+    Returns (model with dense weights on ``device`` and emptied experts modules, host expert rows
+    per layer (pinned when ``device`` is CUDA), top_k). Nothing is ever initialised with
+    ``normal_`` on the host: experts are tiled from one random block (a 47 B-parameter model
+    takes minutes instead of an hour), dense weights are drawn on the device.
+    """
+    from expertcache.runtime.experts import ExpertLayout, find_experts_modules
+    from expertcache.runtime.offload import IMPLEMENTATION, register
+
+    register()
+    config = full_size_config(shape, num_layers)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation=IMPLEMENTATION)
+    block = (torch.randn(_BLOCK, generator=generator) * 0.02).to(dtype)
+    pin = torch.device(device).type == "cuda"
+    host = {}
+    for layer, _, module in find_experts_modules(model):
+        layout = ExpertLayout.of(module)
+        rows = torch.empty(module.num_experts, layout.numel, dtype=dtype, pin_memory=pin)
+        flat = rows.view(-1)
+        for start in range(0, flat.numel(), _BLOCK):
+            width = min(_BLOCK, flat.numel() - start)
+            flat[start : start + width].copy_(block[:width])
+        for name in layout.names:
+            module._parameters[name] = torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+        host[layer] = rows
+    model.to_empty(device=device)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.numel() == 0:
+                continue
+            if param.dim() == 1:
+                param.fill_(1.0 if "norm" in name else 0.0)
+            else:
+                param.normal_(0.0, 0.02)
+    _rebuild_buffers(model, device)
+    return model, host, config.num_experts_per_tok
+
+
+def _rebuild_buffers(model: torch.nn.Module, device: str) -> None:
+    """``to_empty`` leaves buffers (rotary frequencies) uninitialised: rebuild their modules."""
+    for module in model.modules():
+        if module._buffers and hasattr(module, "config"):
+            fresh = type(module)(module.config)
+            for name, buffer in fresh.named_buffers(recurse=False):
+                module._buffers[name] = buffer.to(device)

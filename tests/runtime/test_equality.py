@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -11,6 +13,8 @@ from expertcache.runtime.loader import load
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import load_profile
 
+DEVICE = os.environ.get("EXPERTCACHE_TEST_DEVICE", "cpu")
+"""CI has no GPU; on a GPU machine the same tests run with EXPERTCACHE_TEST_DEVICE=cuda."""
 NEW_TOKENS = 12
 GEOMETRIES = [(2, 1), (3, 2), (1, 5)]  # a 1-way cache, a set-associative one, a fully associative one
 _reference: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -21,7 +25,8 @@ def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
     if model_dir not in _reference:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         ids = tokenizer("Natalia sold clips to 48 of her friends", return_tensors="pt").input_ids
-        plain = AutoModelForCausalLM.from_pretrained(model_dir)
+        plain = AutoModelForCausalLM.from_pretrained(model_dir).to(DEVICE)
+        ids = ids.to(DEVICE)
         out = plain.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=tokenizer.pad_token_id)
         _reference[model_dir] = (ids, out)
     return _reference[model_dir]
@@ -29,7 +34,7 @@ def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cached_generate(model_dir: str, config: CacheConfig, **load_args) -> tuple[torch.Tensor, object]:
     ids, _ = reference(model_dir)
-    model = load(model_dir, config=config, device="cpu", **load_args)
+    model = load(model_dir, config=config, device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None, **load_args)
     model.expertcache.begin_request(0)
     out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
     model.expertcache.end_pass()
