@@ -1,7 +1,8 @@
 """Trace-forced routing: replay a recorded trace's expert choices instead of the router's.
 
 Synthetic full-size models have random routers; forcing their layers to follow a real trace
-keeps real expert choices and real timing together. Every forward pass consumes as many trace
+keeps real expert choices and real timing together. A model with fewer layers than the trace
+(a shortened smoke run) follows the trace's layers of the same indices. Every forward pass consumes as many trace
 tokens as it has positions (decode: one), in the trace's execution order, cycling at the end.
 """
 
@@ -16,13 +17,13 @@ from expertcache.traces.io import Trace
 class TraceRouting:
     def __init__(self, trace: Trace, moe_layers: list[int], num_experts: int, top_k: int) -> None:
         meta = trace.meta
-        if list(meta.moe_layers) != list(moe_layers) or meta.num_experts != num_experts or meta.top_k != top_k:
+        if not set(moe_layers) <= set(meta.moe_layers) or meta.num_experts != num_experts or meta.top_k != top_k:
             raise ConfigError(
-                f"the trace's shape (MoE layers {len(meta.moe_layers)}, {meta.num_experts} experts, top-{meta.top_k}) "
-                f"differs from the model's ({len(moe_layers)}, {num_experts}, top-{top_k})"
+                f"the trace's shape (MoE layers {meta.moe_layers}, {meta.num_experts} experts, top-{meta.top_k}) "
+                f"does not cover the model's ({moe_layers}, {num_experts}, top-{top_k})"
             )
         frame = trace.in_execution_order()
-        frame = frame.sort_values(["step", "position", "layer", "rank"], kind="stable")
+        frame = frame[frame.layer.isin(moe_layers)].sort_values(["step", "position", "layer", "rank"], kind="stable")
         tokens = len(frame) // (len(moe_layers) * top_k)
         shape = (tokens, len(moe_layers), top_k)
         self.experts = frame.expert.to_numpy(np.int64).reshape(shape)

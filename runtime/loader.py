@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from expertcache.errors import ConfigError
 from expertcache.runtime.experts import ExpertLayout, find_experts_modules
 from expertcache.runtime.offload import IMPLEMENTATION, CachedExperts, register
+from expertcache.runtime.pinned import host_rows
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
 from expertcache.units import format_bytes
@@ -209,7 +210,7 @@ def attach(
 def _move_experts_to_host(module: torch.nn.Module, pin: bool) -> torch.Tensor:
     """One flat row per expert (one copy per fetch), replacing the module's own parameters."""
     layout = ExpertLayout.of(module)
-    rows = torch.empty(module.num_experts, layout.numel, dtype=layout.dtype, pin_memory=pin)
+    rows = host_rows(module.num_experts, layout.numel, layout.dtype, pin)
     for name, shape, offset in zip(layout.names, layout.shapes, layout.offsets):
         param = getattr(module, name)
         width = param[0].numel()

@@ -118,6 +118,7 @@ def build_full_size(
     """
     from expertcache.runtime.experts import ExpertLayout, find_experts_modules
     from expertcache.runtime.offload import IMPLEMENTATION, register
+    from expertcache.runtime.pinned import host_rows
 
     register()
     config = full_size_config(shape, num_layers)
@@ -129,7 +130,7 @@ def build_full_size(
     host = {}
     for layer, _, module in find_experts_modules(model):
         layout = ExpertLayout.of(module)
-        rows = torch.empty(module.num_experts, layout.numel, dtype=dtype, pin_memory=pin)
+        rows = host_rows(module.num_experts, layout.numel, dtype, pin)
         flat = rows.view(-1)
         for start in range(0, flat.numel(), _BLOCK):
             width = min(_BLOCK, flat.numel() - start)
