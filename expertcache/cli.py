@@ -283,6 +283,52 @@ def synthesize(family, layers, seed, out_dir) -> None:
     click.echo(f"{family} model with {layers} layers written to {path}")
 
 
+@main.command()
+@click.argument("trace_paths", nargs=-1, metavar="[TRACE]...")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for reuse.json, figures and report.html.")
+@click.option("--sweep", "sweep_path", type=click.Path(dir_okay=False), help="Results of `expertcache sweep --results` to plot as a heatmap.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The chosen CacheConfig, marked on the sweep heatmap.")
+@click.option("--timing", "timing_path", type=click.Path(dir_okay=False), help="A <trace>.timing.parquet from `expertcache record`.")
+@click.option("--points", type=int, default=10, show_default=True, help="Cache sizes on the hit-rate-against-capacity curves.")
+def analyze(trace_paths, out_dir, sweep_path, config_path, timing_path, points) -> None:
+    """Measure expert reuse in traces and write reuse.json, figures (PNG, SVG) and one
+    self-contained report.html. Several traces are shown side by side.
+    [default TRACE: the packaged sample]"""
+    import pandas as pd
+
+    from expertcache.analysis.curves import capacities_for
+    from expertcache.analysis.report import analyze as run_analysis
+    from expertcache.errors import ConfigError
+    from expertcache.simulator.config import CacheConfig
+    from expertcache.traces.io import read_trace
+
+    paths = list(trace_paths) or [_trace_path(None)]
+    traces = {}
+    for path in paths:
+        name = Path(path).stem
+        while name in traces:
+            name += "'"
+        traces[name] = read_trace(path)
+    sweep = None
+    if sweep_path:
+        if not Path(sweep_path).is_file():
+            raise ConfigError(f"{sweep_path}: no such sweep results file")
+        sweep = pd.read_parquet(sweep_path) if sweep_path.endswith(".parquet") else pd.read_csv(sweep_path)
+        if not {"sets", "ways", "policy", "tokens_per_s"} <= set(sweep.columns):
+            raise ConfigError(f"{sweep_path}: not the results of `expertcache sweep --results`")
+    timing = None
+    if timing_path:
+        if not Path(timing_path).is_file():
+            raise ConfigError(f"{timing_path}: no such timing file")
+        timing = pd.read_parquet(timing_path)
+    chosen = CacheConfig.from_json(config_path) if config_path else None
+    first = next(iter(traces.values()))
+    report = run_analysis(traces, out_dir, sweep, chosen, timing, capacities_for(first, points))
+    for name, trace in traces.items():
+        click.echo(f"{name}: {trace.num_accesses:,} accesses")
+    click.echo(f"report   {report}")
+
+
 @main.group()
 def trace() -> None:
     """Inspect and check trace files."""
