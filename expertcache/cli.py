@@ -329,6 +329,44 @@ def analyze(trace_paths, out_dir, sweep_path, config_path, timing_path, points) 
     click.echo(f"report   {report}")
 
 
+@main.command()
+@click.option("--model", "model_path", type=click.Path(), help="Local model directory to calibrate for.")
+@click.option("--synthetic", "shape", type=click.Choice(["mixtral-8x7b", "phi-3.5-moe", "olmoe-1b-7b", "qwen3-30b-a3b"]), help="Calibrate for a full-size architecture with synthesized weights instead (GPU).")
+@click.option("--layers", type=int, default=2, show_default=True, help="Layers of the --synthetic model to build (timings are per layer).")
+@click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
+@click.option("--threads", "thread_list", help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
+@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repetitions per measurement (the median is kept).")
+@click.option("--trust-remote-code", is_flag=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="profile.json", show_default=True)
+def calibrate(model_path, shape, layers, device, thread_list, repeats, trust_remote_code, out_path) -> None:
+    """Measure this machine's cost profile for a model's expert shape: copy bandwidth, CPU and GPU
+    expert times, time per layer outside experts. `sweep --profile` then predicts for this machine."""
+    import torch
+
+    from expertcache.errors import ConfigError
+    from expertcache.runtime.calibrate import calibrate as measure
+    from expertcache.runtime.loader import attach, load
+    from expertcache.simulator.config import CacheConfig
+
+    if (model_path is None) == (shape is None):
+        raise ConfigError("give exactly one of --model and --synthetic")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = CacheConfig(sets=1, ways=2, policy="lru")
+    if shape:
+        from expertcache.runtime.synthetic import build_full_size
+
+        model, host, top_k = build_full_size(shape, layers, device=device)
+        model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k)
+    else:
+        model = load(model_path, config=config, device=device, trust_remote_code=trust_remote_code)
+    threads = [int(t) for t in thread_list.split(",")] if thread_list else None
+    profile = measure(model, name=Path(out_path).stem, threads=threads, repeats=repeats, progress=lambda m: click.echo(f"measuring {m}", err=True))
+    profile.to_json(out_path)
+    click.echo(f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) " + ", ".join(f"{t} threads {row[1]:.2f} ms" for t, row in profile.cpu_expert_ms.items()))
+    click.echo(f"GPU expert (1 token) {profile.gpu_expert_ms[1]:.3f} ms; outside experts {profile.dense_ms[1]:.3f} ms per layer; CPU slowdown under copies {profile.cpu_slowdown_during_copy:.2f}")
+    click.echo(f"profile  {out_path}")
+
+
 @main.group()
 def trace() -> None:
     """Inspect and check trace files."""

@@ -82,6 +82,7 @@ class CachedExperts:
         self.host = host  # layer → [num_experts, layout.numel], pinned on CUDA machines
         self.device = device
         self.moe_layers = [layer for layer, _ in layers]
+        self.layers = dict(layers)  # layer → its experts module
         self.num_experts = layers[0][1].num_experts
         self.top_k = top_k
         if all_on_cpu:

@@ -1,0 +1,29 @@
+"""Calibration on the CPU device: a complete, positive profile that the simulator accepts."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import run_cli
+from expertcache.simulator.costs import Profile
+
+
+def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
+    out = tmp_path / "here.json"
+    result = run_cli("calibrate", "--model", model_dirs("olmoe"), "--device", "cpu", "--threads", "1,2", "--repeats", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    profile = Profile.from_json(out)
+    assert profile.thread_counts == [1, 2]
+    assert all(ms > 0 for row in profile.cpu_expert_ms.values() for ms in row.values())
+    assert set(profile.gpu_expert_ms) == {1, 8, 64, 512} and min(profile.gpu_expert_ms.values()) > 0
+    assert profile.dense_ms[1] > 0 and profile.h2d_gbps > 0
+    # olmoe toy: hidden 64, expert intermediate 48, float32: gate_up 96×64 + down 64×48
+    assert profile.expert_bytes == (96 * 64 + 64 * 48) * 4
+    simulated = run_cli("simulate", "--sets", "2", "--ways", "4", "--profile", str(out), "--threads", "2", "--format", "json")
+    assert simulated.returncode == 0, simulated.stderr
+    assert json.loads(simulated.stdout)["tokens_per_s"] > 0
+
+
+def test_calibrate_needs_exactly_one_model():
+    result = run_cli("calibrate")
+    assert result.returncode == 2 and "exactly one of --model and --synthetic" in result.stderr
