@@ -158,3 +158,28 @@ def _rebuild_buffers(model: torch.nn.Module, device: str) -> None:
             fresh = type(module)(module.config)
             for name, buffer in fresh.named_buffers(recurse=False):
                 module._buffers[name] = buffer.to(device)
+
+
+def save_full_size(shape: str, out_dir: str | Path, num_layers: int | None = None, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+    """Write a full-size architecture with synthesized weights as a model directory, so the real
+    ``from_pretrained`` path (and tools that read model directories) can be measured on it.
+    Every parameter is tiled from one random block: fast, and never ``normal_`` on the host."""
+    config = full_size_config(shape, num_layers)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.to_empty(device="cpu")
+    block = (torch.randn(_BLOCK, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            flat = param.view(-1)
+            if param.dim() == 1:
+                flat.fill_(1.0 if "norm" in name else 0.0)
+                continue
+            for start in range(0, flat.numel(), _BLOCK):
+                width = min(_BLOCK, flat.numel() - start)
+                flat[start : start + width].copy_(block[:width])
+    _rebuild_buffers(model, "cpu")
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tiny_tokenizer().save_pretrained(out)
+    return out
