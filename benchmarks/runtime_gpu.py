@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import torch
@@ -84,7 +83,7 @@ def main() -> None:
         torch.cuda.empty_cache()
 
     baseline = next((r for r in rows if r["policy"] == "all-on-cpu"), None)
-    print(f"\n| system | slots | decode tok/s | hit rate | vs all-on-CPU | CPU expert s | GPU expert s | copy waits |")
+    print("\n| system | slots | decode tok/s | hit rate | vs all-on-CPU | CPU expert s | GPU expert s | copy waits |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["decode_tokens_per_s"] / baseline["decode_tokens_per_s"] if baseline else float("nan")

@@ -95,7 +95,6 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     for tokens in GPU_TOKEN_COUNTS:
         x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
         gpu_ms[tokens] = 1e3 * _median_s(lambda: expert_ffn(module, x, device_weights), repeats, on_cuda)
-    del slot
 
     say("layers outside expert compute")
     dense_ms = _time_outside_experts(model, runtime)

@@ -17,7 +17,7 @@ from numba import njit
 
 from expertcache.errors import ConfigError
 from expertcache.simulator.geometry import Geometry
-from expertcache.simulator.policies import BELADY, DEFAULT_DECAY, ETA, FIFO, LFU, LRU, RANDOM, SCORE, get_policy
+from expertcache.simulator.policies import BELADY, DEFAULT_DECAY, ETA, LFU, LRU, RANDOM, SCORE, get_policy
 
 NEVER = np.float64(2.0**62)
 """Next-use index of an access whose key is never used again."""

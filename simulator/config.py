@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from expertcache.errors import ConfigError
+from expertcache.jsonfile import read_json_object
 from expertcache.simulator.geometry import Geometry
 from expertcache.simulator.policies import get_policy
 
@@ -46,14 +47,8 @@ class CacheConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "CacheConfig":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such configuration file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not a JSON configuration ({exc})") from None
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if not isinstance(data, dict) or unknown or not {"sets", "ways"} <= set(data):
+        data = read_json_object(path, "configuration")
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown or not {"sets", "ways"} <= set(data):
             raise ConfigError(f"{path}: not a CacheConfig (needs sets and ways; unknown keys: {sorted(unknown)})")
         return cls(**data)

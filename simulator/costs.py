@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from expertcache.errors import ConfigError
+from expertcache.jsonfile import read_json_object
 
 BUILTIN_PROFILES = {
     "h100": "the lent H100 80 GB machine: PCIe 5.0, 16-core Xeon with AMX (DESIGN.md's table)",
@@ -74,12 +75,7 @@ class Profile:
 
     @classmethod
     def from_json(cls, path: str | Path) -> "Profile":
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such profile file") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not a JSON profile ({exc})") from None
+        data = read_json_object(path, "profile")
         try:
             return cls(**data)
         except TypeError as exc:

@@ -26,7 +26,6 @@ from expertcache.traces.schema import TRACE_SCHEMA, TraceMeta, validate_columns,
 
 PARTIAL_SUFFIX = ".partial"
 ROW_GROUP_ROWS = 1 << 20
-PHASE_ORDER = {"prefill": 0, "decode": 1}
 
 
 @dataclass
