@@ -25,15 +25,18 @@ from expertcache.traces.io import read_trace
 from expertcache.units import parse_bytes
 
 
-def system_config(spec: str, plan) -> tuple[CacheConfig, bool]:
-    """``cpu`` | ``POLICY`` (largest geometry) | ``POLICY:NxM``."""
-    if spec == "cpu":
-        return default_config(plan), True
+def system_config(spec: str, plan) -> tuple[CacheConfig, str]:
+    """``cpu`` | ``static`` | ``[fetch:]POLICY`` (largest geometry) | ``[fetch:]POLICY:NxM``."""
+    if spec in ("cpu", "static"):
+        return default_config(plan), spec
+    placement = "cache"
+    if spec.startswith("fetch:"):
+        placement, spec = "fetch", spec.removeprefix("fetch:")
     policy, _, geometry = spec.partition(":")
     if not geometry:
-        return default_config(plan, policy), False
+        return default_config(plan, policy), placement
     sets, ways = (int(x) for x in geometry.split("x"))
-    return CacheConfig(sets=sets, ways=ways, policy=policy, budget_bytes=plan.budget_bytes), False
+    return CacheConfig(sets=sets, ways=ways, policy=policy, budget_bytes=plan.budget_bytes), placement
 
 
 def main() -> None:
@@ -63,8 +66,8 @@ def main() -> None:
 
     rows = []
     for spec in args.systems.split(","):
-        config, all_on_cpu = system_config(spec, plan)
-        attach(model, host, config, torch.device("cuda"), args.threads, "h100", top_k, all_on_cpu=all_on_cpu)
+        config, placement = system_config(spec, plan)
+        attach(model, host, config, torch.device("cuda"), args.threads, "h100", top_k, placement=placement)
         runtime = model.expertcache
         runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
         for request in range(args.requests):
@@ -73,8 +76,8 @@ def main() -> None:
                 model.generate(prompts[request : request + 1].cuda(), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
             runtime.end_pass()
         stats = runtime.stats
-        row = {"system": spec, "sets": None if all_on_cpu else config.sets, "ways": None if all_on_cpu else config.ways,
-               "policy": "all-on-cpu" if all_on_cpu else config.policy, "threads": args.threads, **stats.summary(),
+        row = {"system": spec, "placement": placement, "sets": config.sets, "ways": config.ways,
+               "policy": config.policy, "threads": args.threads, **stats.summary(),
                "trace": os.path.basename(args.trace), "shape": args.shape, "layers": len(host), "budget": args.budget,
                "machine": machine}  # fmt: skip
         rows.append(row)
@@ -82,13 +85,13 @@ def main() -> None:
         del runtime, model.expertcache
         torch.cuda.empty_cache()
 
-    baseline = next((r for r in rows if r["policy"] == "all-on-cpu"), None)
+    baseline = next((r for r in rows if r["placement"] == "cpu"), None)
     print("\n| system | slots | decode tok/s | hit rate | vs all-on-CPU | CPU expert s | GPU expert s | copy waits |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = r["decode_tokens_per_s"] / baseline["decode_tokens_per_s"] if baseline else float("nan")
-        slots = "-" if r["sets"] is None else f"{r['sets']}x{r['ways']}"
-        print(f"| {r['policy']} | {slots} | {r['decode_tokens_per_s']:.2f} | {r['hit_rate']:.1%} | {ratio:.2f}x | "
+        slots = "-" if r["placement"] == "cpu" else f"{r['sets']}x{r['ways']}"
+        print(f"| {r['system']} | {slots} | {r['decode_tokens_per_s']:.2f} | {r['hit_rate']:.1%} | {ratio:.2f}x | "
               f"{r['cpu_expert_s']:.1f} | {r['gpu_expert_s']:.1f} | {r['copy_waits']} ({r['copy_wait_s']:.2f} s) |")  # fmt: skip
     if args.out:
         with open(args.out, "w") as handle:

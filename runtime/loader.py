@@ -184,12 +184,13 @@ def attach(
     threads: int,
     profile: Profile | str | None,
     top_k: int,
-    all_on_cpu: bool = False,
+    placement: str = "cache",
 ) -> PreTrainedModel:
     """Move the dense rest of ``model`` to ``device`` and put its experts behind the cache.
 
     ``host`` holds each MoE layer's experts as flat rows (see ``ExpertLayout``); the experts
-    modules' own parameters must already be emptied.
+    modules' own parameters must already be emptied. ``placement`` picks expertcache or one of
+    the systems it is compared with (``offload.PLACEMENTS``).
     """
     model.eval()
     experts = find_experts_modules(model)
@@ -202,7 +203,7 @@ def attach(
         profile = load_profile(profile)
     model.expertcache = CachedExperts(
         [(layer, module) for layer, _, module in experts], host, layout, config, num_layers, device, profile, threads, top_k,
-        all_on_cpu=all_on_cpu,
+        placement=placement,
     )
     return model
 

@@ -77,3 +77,27 @@ def test_statistics_count_every_access(model_dirs):
     assert (stats.prefill_tokens, stats.decode_tokens) == (ids.shape[1], NEW_TOKENS - 1)
     assert stats.hits + stats.misses == tokens * len(runtime.moe_layers) * runtime.top_k
     assert len(stats.layer_hit_rate()) == 3
+
+
+@pytest.mark.parametrize("placement", ["fetch", "static", "cpu"])
+def test_the_compared_placements_keep_the_output(model_dirs, placement):
+    from expertcache.runtime.loader import attach, load
+
+    model_dir = model_dirs("mixtral")
+    ids, expected = reference(model_dir)
+    config = CacheConfig(sets=4, ways=2, policy="lru")
+    model = load(model_dir, config=config, device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None)
+    runtime = model.expertcache
+    attach(model, runtime.host, config, runtime.device, runtime.threads, None, runtime.top_k, placement=placement)
+    model.expertcache.begin_request(0)
+    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
+    model.expertcache.end_pass()
+    stats = model.expertcache.stats
+    assert torch.equal(out, expected)
+    if placement == "fetch":
+        assert stats.fetched == stats.copies > 0 and stats.layer_cpu_s.sum() == 0
+    elif placement == "static":
+        # 8 slots hold the 8 experts of the last of 3 layers: its accesses all hit, no copy ever
+        assert stats.layer_hits.tolist()[:2] == [0, 0] and stats.layer_misses[2] == 0 and stats.copies == 0
+    else:
+        assert stats.hits == 0 and stats.copies == 0
