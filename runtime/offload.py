@@ -27,6 +27,8 @@ from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 
 IMPLEMENTATION = "expertcache"
+PRICED_TOKENS = 4096
+"""Token counts up to which CPU-or-GPU is decided from the profile; larger batches count as this."""
 
 Routing = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
 """(layer, step, tokens) → forced (top_k_index, top_k_weights) for trace-forced routing."""
@@ -124,8 +126,8 @@ class CachedExperts:
             )
         self.stats = RuntimeStats(num_layers)
         self.threads = threads
-        self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, 4096)
-        self._gpu_s = profile.gpu_table_s(layout.nbytes, 4096)
+        self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
+        self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._copy_s = profile.copy_s(layout.nbytes)
         self.step = -1
         self.request = 0
@@ -191,13 +193,12 @@ class CachedExperts:
             top_k_index = torch.as_tensor(forced_index, device=hidden.device).view(tokens, top_k)
             top_k_weights = torch.as_tensor(forced_weights, device=hidden.device, dtype=top_k_weights.dtype).view(tokens, top_k)
         index = top_k_index.cpu()
+        weights = top_k_weights.detach().float().cpu().numpy()
         flat = index.reshape(-1).numpy()
-        hit, slot, _ = self.cache.access_many(
-            np.full(flat.shape, layer), flat, top_k_weights.detach().float().cpu().reshape(-1).numpy(), self.step
-        )
+        hit, slot, _ = self.cache.access_many(np.full(flat.shape, layer), flat, weights.reshape(-1), self.step)
         self.stats.layer_hits[layer] += int(hit.sum())
         self.stats.layer_misses[layer] += int((~hit).sum())
-        record = LayerPass(layer, index.numpy(), top_k_weights.detach().float().cpu().numpy(), hit, slot)
+        record = LayerPass(layer, index.numpy(), weights, hit, slot)
         self._layers.append(record)
 
         # Fill each slot once, with the last expert the core put there during this layer; a
@@ -213,8 +214,8 @@ class CachedExperts:
             if hit[i]:
                 resident.append((expert, int(slot[i]), token_idx, rank_idx))
                 continue
-            n = len(token_idx)
-            faster_fetched = n > 1 and self._copy_s + self._gpu_s[min(n, 4096)] < self._cpu_s[min(n, 4096)]
+            n = min(len(token_idx), PRICED_TOKENS)
+            faster_fetched = n > 1 and self._copy_s + self._gpu_s[n] < self._cpu_s[n]
             if expert in filled and (self.placement == "fetch" or faster_fetched):
                 fetched.append((expert, filled[expert], token_idx, rank_idx))
             else:
