@@ -162,6 +162,17 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profil
     click.echo(f"best: {best.sets} sets x {best.ways} ways, {best.policy}, {best.threads} threads -> {out_path}")
 
 
+def _read_table(path: Path, kind: str):
+    """A .parquet or .csv table a user passed in, or one clear error."""
+    import pandas as pd
+
+    from expertcache.errors import ConfigError
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {kind} file")
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
 def _write_table(frame, path: Path) -> None:
     from expertcache.errors import ConfigError
 
@@ -294,7 +305,6 @@ def analyze(trace_paths, out_dir, sweep_path, config_path, timing_path, points) 
     """Measure expert reuse in traces and write reuse.json, figures (PNG, SVG) and one
     self-contained report.html. Several traces are shown side by side.
     [default TRACE: the packaged sample]"""
-    import pandas as pd
 
     from expertcache.analysis.curves import capacities_for
     from expertcache.analysis.report import analyze as run_analysis
@@ -309,18 +319,10 @@ def analyze(trace_paths, out_dir, sweep_path, config_path, timing_path, points) 
         while name in traces:
             name += "'"
         traces[name] = read_trace(path)
-    sweep = None
-    if sweep_path:
-        if not Path(sweep_path).is_file():
-            raise ConfigError(f"{sweep_path}: no such sweep results file")
-        sweep = pd.read_parquet(sweep_path) if sweep_path.endswith(".parquet") else pd.read_csv(sweep_path)
-        if not {"sets", "ways", "policy", "tokens_per_s"} <= set(sweep.columns):
-            raise ConfigError(f"{sweep_path}: not the results of `expertcache sweep --results`")
-    timing = None
-    if timing_path:
-        if not Path(timing_path).is_file():
-            raise ConfigError(f"{timing_path}: no such timing file")
-        timing = pd.read_parquet(timing_path)
+    sweep = _read_table(Path(sweep_path), "sweep results") if sweep_path else None
+    if sweep is not None and not {"sets", "ways", "policy", "tokens_per_s"} <= set(sweep.columns):
+        raise ConfigError(f"{sweep_path}: not the results of `expertcache sweep --results`")
+    timing = _read_table(Path(timing_path), "timing") if timing_path else None
     chosen = CacheConfig.from_json(config_path) if config_path else None
     first = next(iter(traces.values()))
     report = run_analysis(traces, out_dir, sweep, chosen, timing, capacities_for(first, points))

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from expertcache.runtime.experts import expert_ffn
+from expertcache.runtime.offload import AllOnCpu
 from expertcache.simulator.costs import Profile
 
 TOKEN_COUNTS = (1, 8, 64)
@@ -114,8 +115,6 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
 
 def _time_outside_experts(model, runtime) -> dict[int, float]:
     """Per layer, the wall time of forward passes minus their expert compute, by token count."""
-    from expertcache.runtime.offload import AllOnCpu
-
     cache, recorder = runtime.cache, runtime.recorder
     runtime.cache, runtime.recorder = AllOnCpu(), None
     results = {}

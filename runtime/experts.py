@@ -53,7 +53,13 @@ class ExpertLayout:
 
     @property
     def nbytes(self) -> int:
-        return self.numel * torch.empty((), dtype=self.dtype).element_size()
+        return self.numel * self.dtype.itemsize
+
+    def release(self, module: nn.Module) -> None:
+        """Empty ``module``'s expert parameters once their rows live elsewhere, so moving the
+        model to the GPU moves only the dense part."""
+        for name in self.names:
+            module._parameters[name] = nn.Parameter(torch.empty(0, dtype=self.dtype), requires_grad=False)
 
     def views(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """Parameter views of one expert stored in a flat ``row``."""

@@ -2,8 +2,9 @@
 
 Synthetic full-size models have random routers; forcing their layers to follow a real trace
 keeps real expert choices and real timing together. A model with fewer layers than the trace
-(a shortened smoke run) follows the trace's layers of the same indices. Every forward pass consumes as many trace
-tokens as it has positions (decode: one), in the trace's execution order, cycling at the end.
+(a shortened smoke run) follows the trace's layers of the same indices. Every forward pass
+consumes as many trace tokens as it has positions (decode: one), in the trace's execution
+order, cycling at the end.
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ def plan_memory(config, budget_bytes: int, max_tokens: int, dtype: torch.dtype, 
     if not experts:
         raise ConfigError(f"{type(skeleton).__name__} has no experts module using transformers' experts interface")
     layout = ExpertLayout.of(experts[0][2])
-    element = torch.empty((), dtype=dtype).element_size()
+    element = dtype.itemsize
     total = sum(p.numel() * p.element_size() for p in skeleton.parameters())
     total += sum(b.numel() * b.element_size() for b in skeleton.buffers())
     expert_total = sum(layout.nbytes * m.num_experts for _, _, m in experts)
@@ -216,5 +216,5 @@ def _move_experts_to_host(module: torch.nn.Module, pin: bool) -> torch.Tensor:
         param = getattr(module, name)
         width = param[0].numel()
         rows[:, offset : offset + width].copy_(param.detach().reshape(module.num_experts, width))
-        module._parameters[name] = torch.nn.Parameter(torch.empty(0, dtype=layout.dtype), requires_grad=False)
+    layout.release(module)
     return rows

@@ -71,7 +71,6 @@ class StaticPlacement:
 
     def __init__(self, moe_layers: list[int], num_experts: int, slots: int) -> None:
         resident = moe_layers[len(moe_layers) - min(len(moe_layers), slots // num_experts) :]
-        self.num_experts = num_experts
         self.first_slot = {layer: i * num_experts for i, layer in enumerate(resident)}
 
     def access_many(self, layers, experts, weights, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

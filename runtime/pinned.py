@@ -22,7 +22,7 @@ def host_rows(rows: int, numel: int, dtype: torch.dtype, pin: bool) -> torch.Ten
     """An uninitialised [rows, numel] host tensor, page-locked when ``pin``."""
     if not pin:
         return torch.empty(rows, numel, dtype=dtype)
-    nbytes = rows * numel * torch.empty((), dtype=dtype).element_size()
+    nbytes = rows * numel * dtype.itemsize
     buffer = np.empty(nbytes, dtype=np.uint8)
     address = buffer.ctypes.data
     status = int(torch.cuda.cudart().cudaHostRegister(address, nbytes, _CUDA_HOST_REGISTER_PORTABLE))

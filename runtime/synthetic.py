@@ -122,21 +122,16 @@ def build_full_size(
 
     register()
     config = full_size_config(shape, num_layers)
-    generator = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation=IMPLEMENTATION)
-    block = (torch.randn(_BLOCK, generator=generator) * 0.02).to(dtype)
+    block = _random_block(seed, dtype)
     pin = torch.device(device).type == "cuda"
     host = {}
     for layer, _, module in find_experts_modules(model):
         layout = ExpertLayout.of(module)
         rows = host_rows(module.num_experts, layout.numel, dtype, pin)
-        flat = rows.view(-1)
-        for start in range(0, flat.numel(), _BLOCK):
-            width = min(_BLOCK, flat.numel() - start)
-            flat[start : start + width].copy_(block[:width])
-        for name in layout.names:
-            module._parameters[name] = torch.nn.Parameter(torch.empty(0, dtype=dtype), requires_grad=False)
+        _tile(rows.view(-1), block)
+        layout.release(module)
         host[layer] = rows
     model.to_empty(device=device)
     with torch.no_grad():
@@ -149,6 +144,17 @@ def build_full_size(
                 param.normal_(0.0, 0.02)
     _rebuild_buffers(model, device)
     return model, host, config.num_experts_per_tok
+
+
+def _random_block(seed: int, dtype: torch.dtype) -> torch.Tensor:
+    return (torch.randn(_BLOCK, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
+
+
+def _tile(flat: torch.Tensor, block: torch.Tensor) -> None:
+    """Fill a flat tensor with copies of ``block``: synthesized weights at memcpy speed."""
+    for start in range(0, flat.numel(), len(block)):
+        width = min(len(block), flat.numel() - start)
+        flat[start : start + width].copy_(block[:width])
 
 
 def _rebuild_buffers(model: torch.nn.Module, device: str) -> None:
@@ -168,16 +174,13 @@ def save_full_size(shape: str, out_dir: str | Path, num_layers: int | None = Non
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     model.to_empty(device="cpu")
-    block = (torch.randn(_BLOCK, generator=torch.Generator().manual_seed(seed)) * 0.02).to(dtype)
+    block = _random_block(seed, dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            flat = param.view(-1)
             if param.dim() == 1:
-                flat.fill_(1.0 if "norm" in name else 0.0)
-                continue
-            for start in range(0, flat.numel(), _BLOCK):
-                width = min(_BLOCK, flat.numel() - start)
-                flat[start : start + width].copy_(block[:width])
+                param.fill_(1.0 if "norm" in name else 0.0)
+            else:
+                _tile(param.view(-1), block)
     _rebuild_buffers(model, "cpu")
     out = Path(out_dir)
     model.save_pretrained(out)
