@@ -36,7 +36,7 @@ def main() -> None:
     replay = ReplayInput.from_trace(trace)
     profile = load_profile("h100")
     threads = profile.thread_counts[-1]
-    for policy in ("lru", "fifo", "random", "lfu", "score", "eta", "belady"):
+    for policy in ("lru", "fifo", "random", "lfu", "score", "eta", "markov", "belady"):
         for geometry in (Geometry(14, 4), Geometry(1, 56)):
             simulate(replay, Geometry(2, 2), policy, profile, threads)  # compile outside the timing
             seconds = float("inf")

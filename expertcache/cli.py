@@ -96,7 +96,7 @@ def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, see
 @click.option("--trace", "trace_paths", multiple=True, metavar="PATH", help="Trace(s) to replay; repeat for several. [default: the packaged sample]")
 @click.option("--budget", metavar="SIZE", help="GPU memory for expert slots, e.g. 20GiB. [default: a third of one trace's experts]")
 @click.option("--slots", type=int, help="Total expert slots, instead of --budget.")
-@click.option("--policies", "policy_list", default="lru,fifo,lfu,random,score,eta,belady", show_default=True, help="Comma-separated policies; belady is shown as the bound, never chosen.")
+@click.option("--policies", "policy_list", default="lru,fifo,lfu,random,score,eta,markov,belady", show_default=True, help="Comma-separated policies; belady is shown as the bound, never chosen.")
 @click.option("--threads", "thread_list", help="Comma-separated CPU thread counts. [default: every count the profile measured]")
 @click.option("--max-sets", type=int, help="Largest set count N to try. [default: all]")
 @click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP)
@@ -195,7 +195,7 @@ def _model_options(command):
         click.option("--config", "config_path", type=click.Path(), help="A CacheConfig JSON, e.g. from `expertcache sweep`."),
         click.option("--sets", type=int, help="Sets N (with --ways) instead of --config."),
         click.option("--ways", type=int, help="Ways M (with --sets)."),
-        click.option("--policy", default=None, help="Replacement policy. [default: eta, or the config's]"),
+        click.option("--policy", default=None, help="Replacement policy. [default: markov, or the config's]"),
         click.option("--threads", type=int, help="CPU threads for misses. [default: all cores but one]"),
         click.option("--gpu-budget", help="Everything on the GPU: dense weights, KV cache, slots, e.g. 24GiB. [default: free GPU memory]"),
         click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]"),
@@ -226,7 +226,7 @@ def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budg
         if policy:
             config.policy = policy
     elif sets is not None:
-        config = CacheConfig(sets=sets, ways=ways, policy=policy or "eta")
+        config = CacheConfig(sets=sets, ways=ways, policy=policy or "markov")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_bytes(gpu_budget) if gpu_budget else None
     return load(model_path, config=config, device=device, gpu_budget=budget, max_tokens=max_tokens + 4096,

@@ -118,7 +118,7 @@ def plan_memory(config, budget_bytes: int, max_tokens: int, dtype: torch.dtype, 
     )
 
 
-def default_config(plan: MemoryPlan, policy: str = "eta") -> CacheConfig:
+def default_config(plan: MemoryPlan, policy: str = "markov") -> CacheConfig:
     """The largest geometry that fits: every slot used, up to one per expert."""
     slots = min(plan.slots, plan.all_experts)
     ways = min(DEFAULT_WAYS, slots)

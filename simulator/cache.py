@@ -17,7 +17,7 @@ from numba import njit
 
 from expertcache.errors import ConfigError
 from expertcache.simulator.geometry import Geometry
-from expertcache.simulator.policies import BELADY, DEFAULT_DECAY, ETA, LFU, LRU, RANDOM, SCORE, get_policy
+from expertcache.simulator.policies import BELADY, DEFAULT_DECAY, ETA, LFU, LRU, MARKOV, RANDOM, SCORE, get_policy
 
 NEVER = np.float64(2.0**62)
 """Next-use index of an access whose key is never used again."""
@@ -42,6 +42,8 @@ class CacheState:
     key_step: np.ndarray = field(init=False)  # int64[K]: forward pass that last updated key_stat
     layer_step: np.ndarray = field(init=False)  # int64[num_layers]: last pass that visited a layer
     counters: np.ndarray = field(init=False)  # int64[2]: access clock, random-number state
+    transitions: np.ndarray = field(init=False)  # float64[K, E + 2], markov only: see _learn_transition
+    visit_sets: np.ndarray = field(init=False)  # int64[num_layers, 2E + 3], markov only: see _learn_transition
 
     slots: int = 0
     seed: int = 0
@@ -56,13 +58,17 @@ class CacheState:
         self.key_step = np.full(num_keys, -1, dtype=np.int64)
         self.layer_step = np.full(len(self.layer_ordinal), -1, dtype=np.int64)
         self.counters = np.array([0, (self.seed * 0x9E3779B97F4A7C15 + 1) & 0x7FFFFFFFFFFFFFFF or 1], dtype=np.int64)
+        learns = self.policy == MARKOV
+        experts = self.num_experts
+        self.transitions = np.zeros((num_keys, experts + 2) if learns else (0, 0), dtype=np.float64)
+        self.visit_sets = np.zeros((len(self.layer_ordinal), 2 * experts + 3) if learns else (0, 0), dtype=np.int64)
 
     def args(self) -> tuple:
         """The positional arguments of ``access_sequence`` that describe this cache."""
         return (
             self.policy, self.ways, self.set_of_key, self.layer_ordinal, self.num_experts,
             self.num_moe_layers, self.decay, self.tags, self.stamp, self.tie, self.location,
-            self.key_stat, self.key_step, self.layer_step, self.counters,
+            self.key_stat, self.key_step, self.layer_step, self.counters, self.transitions, self.visit_sets,
         )  # fmt: skip
 
 
@@ -93,10 +99,59 @@ def new_state(
     )
 
 
+@njit(cache=True, inline="always")
+def _learn_transition(transitions, visit_sets, layer, expert, new_visit, num_experts):
+    """Count, per layer, which experts follow which from one visit of the layer to the next.
+
+    ``visit_sets[layer]`` holds [visits, size of the current visit's set, size of the previous
+    one, the current set's experts (E entries), the previous set's (E entries)]. Row
+    ``layer * E + a`` of ``transitions`` holds, for expert a of that layer: in column e, how
+    often e was used at the visit after one that used a; in column E, how many visits that used
+    a have had a next visit; in column E + 1, how many visits used a.
+    """
+    sets = visit_sets[layer]
+    row0 = layer * num_experts
+    if new_visit:
+        sets[0] += 1
+        for j in range(sets[1]):
+            sets[3 + num_experts + j] = sets[3 + j]
+            transitions[row0 + sets[3 + j], num_experts] += 1.0
+        sets[2] = sets[1]
+        sets[1] = 0
+    for j in range(sets[1]):
+        if sets[3 + j] == expert:
+            return
+    sets[3 + sets[1]] = expert
+    sets[1] += 1
+    transitions[row0 + expert, num_experts + 1] += 1.0
+    for j in range(sets[2]):
+        transitions[row0 + sets[3 + num_experts + j], expert] += 1.0
+
+
+@njit(cache=True, inline="always")
+def _transition_reuse(transitions, visit_sets, key, num_experts):
+    """P(key's expert is used at its layer's next visit | the experts of the layer's latest visit).
+
+    The mean over that visit's experts a of the counted share of visits after a that used the
+    expert; each share starts from the expert's own share of the layer's visits (which starts
+    from one in E), so rare predecessors fall back on plain frequency.
+    """
+    layer = key // num_experts
+    sets = visit_sets[layer]
+    prior = (transitions[key, num_experts + 1] + 1.0 / num_experts) / (sets[0] + 1.0)
+    if sets[1] == 0:
+        return prior
+    total = 0.0
+    for j in range(sets[1]):
+        row = layer * num_experts + sets[3 + j]
+        total += (transitions[row, key - layer * num_experts] + prior) / (transitions[row, num_experts] + 1.0)
+    return total / sets[1]
+
+
 @njit(cache=True, error_model="numpy")
 def access_sequence(
     policy, ways, set_of_key, layer_ordinal, num_experts, num_moe_layers, decay,
-    tags, stamp, tie, location, key_stat, key_step, layer_step, counters,
+    tags, stamp, tie, location, key_stat, key_step, layer_step, counters, transitions, visit_sets,
     layer, expert, weight, step, next_use, hit_out, slot_out, evicted_out,
 ):  # fmt: skip
     """Look up and update the cache for accesses ``i = 0 .. len(layer) - 1``, in order.
@@ -115,6 +170,14 @@ def access_sequence(
         key = layer[i] * num_experts + expert[i]
         now = counters[0]
         counters[0] = now + 1
+        if policy == MARKOV and (i == 0 or layer[i] != layer[i - 1] or step[i] != step[i - 1]):
+            # The router has chosen all of this visit's experts before any of them runs: learn
+            # from the whole visit first, so that every decision in it sees the same set.
+            new_visit = layer_step[layer[i]] != step[i]
+            j = i
+            while j < len(layer) and layer[j] == layer[i] and step[j] == step[i]:
+                _learn_transition(transitions, visit_sets, layer[i], expert[j], new_visit and j == i, num_experts)
+                j += 1
         layer_step[layer[i]] = step[i]
         if policy == SCORE:
             key_stat[key] = key_stat[key] * decay ** np.float64(step[i] - key_step[key]) + weight[i]
@@ -160,7 +223,7 @@ def access_sequence(
                     if score < lowest or (score == lowest and tie[s] < tie[chosen]):
                         lowest = score
                         chosen = s
-            elif policy == ETA:  # largest expected time to next use; the newcomer may lose
+            elif policy == ETA or policy == MARKOV:  # largest expected time to next use; the newcomer may lose
                 here = layer_ordinal[layer[i]]
                 worst = -1.0
                 newcomer = 0.0
@@ -170,7 +233,10 @@ def access_sequence(
                     distance = (layer_ordinal[k_layer] - here) % cycle
                     if distance == 0:
                         distance = cycle
-                    q = max(key_stat[k] * decay ** np.float64(layer_step[k_layer] - key_step[k]), 1e-9)
+                    if policy == MARKOV:
+                        q = max(_transition_reuse(transitions, visit_sets, k, num_experts), 1e-9)
+                    else:
+                        q = max(key_stat[k] * decay ** np.float64(layer_step[k_layer] - key_step[k]), 1e-9)
                     eta = distance + (1.0 - q) * cycle / q
                     if s < base:
                         newcomer = eta

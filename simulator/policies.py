@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from expertcache.errors import ConfigError
 
-LRU, FIFO, LFU, RANDOM, SCORE, BELADY, ETA = range(7)
+LRU, FIFO, LFU, RANDOM, SCORE, BELADY, ETA, MARKOV = range(8)
 
 DEFAULT_DECAY = 0.95
 """Per-forward-pass decay of the score and eta statistics: a half-life of about 14 passes."""
@@ -39,6 +39,12 @@ POLICIES: dict[str, Policy] = {
             "eta",
             ETA,
             "expected time to next use from the layer cycle and decayed frequency; may bypass (online)",
+            True,
+        ),
+        Policy(
+            "markov",
+            MARKOV,
+            "expected time to next use, reuse learned per layer as expert-to-expert transitions; may bypass (online)",
             True,
         ),
         Policy("belady", BELADY, "offline optimum: keep what is used soonest, may bypass (simulator only)", True, True),

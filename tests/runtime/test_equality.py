@@ -52,7 +52,7 @@ def test_greedy_tokens_equal_plain_transformers(model_dirs, family, policy):
         assert runtime.stats.misses > 0 and runtime.stats.copies > 0
 
 
-@pytest.mark.parametrize("policy", ["eta", "score"])
+@pytest.mark.parametrize("policy", ["eta", "markov", "score"])
 def test_bypassing_and_score_policies_keep_the_output(model_dirs, policy):
     model_dir = model_dirs("qwen2_moe")
     out, runtime = cached_generate(model_dir, CacheConfig(sets=2, ways=2, policy=policy))

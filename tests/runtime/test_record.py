@@ -26,7 +26,7 @@ PROMPTS = ["The cache keeps the experts", "def add(a, b):", "Natalia sold clips"
 ORDER = ["request", "step", "layer", "position", "rank"]
 
 
-@pytest.mark.parametrize("policy, sets, ways", [("lru", 3, 2), ("fifo", 1, 6), ("lfu", 2, 3), ("random", 6, 1), ("eta", 2, 3), ("score", 3, 2)])
+@pytest.mark.parametrize("policy, sets, ways", [("lru", 3, 2), ("fifo", 1, 6), ("lfu", 2, 3), ("random", 6, 1), ("eta", 2, 3), ("markov", 1, 6), ("score", 3, 2)])
 def test_runtime_and_simulator_make_the_same_decisions(model_dirs, tmp_path, policy, sets, ways):
     model_dir = model_dirs("qwen3_moe")
     config = CacheConfig(sets=sets, ways=ways, policy=policy, seed=5)

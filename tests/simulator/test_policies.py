@@ -80,6 +80,26 @@ def test_eta_prefers_to_keep_the_layer_that_comes_next():
     assert not any(r.hit for r in outcomes["lru"])
 
 
+def test_markov_learns_which_expert_follows_which():
+    # one way; 0 and 1 alternate. Pass 1: nothing is known after 1 yet, so 0 and 1 tie and the
+    # newcomer is refused. From pass 3 on, 0 has followed 1 once (P(0 | 1) = (1 + 0.45) / 2)
+    # and 1 never followed 1 (P(1 | 1) = 0.45 / 2), so 0 stays and every 0 hits, where eta,
+    # which ranks by decayed frequency, admits each newcomer and thrashes like LRU.
+    hits, slots = replay("markov", [0, 1] * 4, ways=1)
+    assert hits == [F, F, T, F, T, F, T, F]
+    assert slots == [0, -1, 0, -1, 0, -1, 0, -1]
+    assert not any(replay("eta", [0, 1] * 4, ways=1)[0])
+
+
+def test_markov_keeps_a_cycle_that_lru_thrashes():
+    # 0, 1, 2 repeating in two ways: 2 ties with the residents at pass 2 and is refused; later
+    # the counts say 0 follows 2, so 2 keeps being refused and 0 and 1 always hit
+    hits, slots = replay("markov", [0, 1, 2] * 3)
+    assert hits == [F, F, F, T, T, F, T, T, F]
+    assert slots[2::3] == [-1, -1, -1]
+    assert not any(replay("lru", [0, 1, 2] * 3)[0])
+
+
 def test_random_is_reproducible_per_seed_and_stays_in_the_set():
     seq = [0, 1, 2, 3] * 10
     first = replay("random", seq, seed=1)
