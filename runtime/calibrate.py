@@ -16,11 +16,15 @@ from collections.abc import Callable
 import torch
 
 from expertcache.runtime.experts import expert_ffn
-from expertcache.runtime.offload import AllOnCpu
 from expertcache.simulator.costs import Profile
+from expertcache.simulator.placements import AllOnCpu
 
 TOKEN_COUNTS = (1, 8, 64)
 GPU_TOKEN_COUNTS = (1, 8, 64, 512)
+
+
+WARM_UP_S = 1.0
+"""Seconds of CPU expert runs before timing a thread count."""
 
 
 def _median_s(run: Callable[[], None], repeats: int, synchronize: bool) -> float:
@@ -35,6 +39,14 @@ def _median_s(run: Callable[[], None], repeats: int, synchronize: bool) -> float
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _keep_running(run: Callable[[], None], seconds: float) -> None:
+    """Run for a while first: right after a thread-count change the first parallel regions run
+    up to 2x slow (measured on the lent H100 host), which one warm-up call does not absorb."""
+    until = time.perf_counter() + seconds
+    while time.perf_counter() < until:
+        run()
 
 
 def thread_counts(cores: int | None = None) -> list[int]:
@@ -67,6 +79,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         say(f"CPU expert, {count} threads")
         torch.set_num_threads(count)
         cpu_ms[count] = {}
+        _keep_running(lambda: expert_ffn(module, torch.randn(1, hidden, dtype=layout.dtype), weights), WARM_UP_S)
         for tokens in TOKEN_COUNTS:
             x = torch.randn(tokens, hidden, dtype=layout.dtype)
             cpu_ms[count][tokens] = 1e3 * _median_s(lambda: expert_ffn(module, x, weights), repeats, False)

@@ -22,9 +22,9 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.stats import RuntimeStats
-from expertcache.simulator.cache import ExpertCache
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
+from expertcache.simulator.placements import StaticPlacement, placement_decider
 
 IMPLEMENTATION = "expertcache"
 PRICED_TOKENS = 4096
@@ -50,40 +50,10 @@ class LayerPass:
     wait_events: list = field(default_factory=list)  # (before, after) CUDA events around copy waits
 
 
-PLACEMENTS = {
-    "cache": "expertcache: hits on the GPU, misses on the CPU while they are copied",
-    "fetch": "on-demand fetching: every miss copied to the GPU and computed there (no CPU compute)",
-    "static": "llama.cpp --n-cpu-moe: the experts of the last layers that fit stay on the GPU, the rest on the CPU",
-    "cpu": "every expert on the CPU (llama.cpp --cpu-moe, Fiddler)",
-}
-
-
-class AllOnCpu:
-    """Stands in for the cache when every expert is computed on the CPU."""
-
-    def access_many(self, layers, experts, weights, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        count = len(layers)
-        return np.zeros(count, dtype=np.bool_), np.full(count, -1, dtype=np.int64), np.full(count, -1, dtype=np.int64)
-
-
-class StaticPlacement:
-    """Stands in for the cache when whole layers' experts are placed on the GPU once and never move."""
-
-    def __init__(self, moe_layers: list[int], num_experts: int, slots: int) -> None:
-        resident = moe_layers[len(moe_layers) - min(len(moe_layers), slots // num_experts) :]
-        self.first_slot = {layer: i * num_experts for i, layer in enumerate(resident)}
-
-    def access_many(self, layers, experts, weights, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        base = np.array([self.first_slot.get(int(layer), -1) for layer in layers], dtype=np.int64)
-        hit = base >= 0
-        slot = np.where(hit, base + np.asarray(experts, dtype=np.int64), -1)
-        return hit, slot, np.full(len(slot), -1, dtype=np.int64)
-
-
 class CachedExperts:
     """Host copies of every routed expert, the GPU slot pool, the cache core and the counters.
 
-    Reached from a loaded model as ``model.expertcache``. ``placement`` (see PLACEMENTS) also
+    Reached from a loaded model as ``model.expertcache``. ``placement`` (see ``simulator.placements``) also
     runs the systems expertcache is compared with, through the same code.
     """
 
@@ -108,21 +78,14 @@ class CachedExperts:
         self.layers = dict(layers)  # layer → its experts module
         self.num_experts = layers[0][1].num_experts
         self.top_k = top_k
-        if placement not in PLACEMENTS:
-            raise ValueError(f"unknown placement '{placement}'; known: {', '.join(PLACEMENTS)}")
         self.placement = placement
+        self.cache = placement_decider(placement, config, num_layers, self.num_experts, self.moe_layers)
         self.pool = SlotPool(0 if placement == "cpu" else config.slots, layout.numel, layout.dtype, device)
-        if placement == "cpu":
-            self.cache = AllOnCpu()
-        elif placement == "static":
-            self.cache = StaticPlacement(self.moe_layers, self.num_experts, config.slots)
-            for layer, first in self.cache.first_slot.items():
-                for expert in range(self.num_experts):
+        if isinstance(self.cache, StaticPlacement):
+            for layer in self.moe_layers:
+                first = int(self.cache.first_slot[layer])
+                for expert in range(self.num_experts) if first >= 0 else ():
                     self.pool.fill(first + expert, host[layer][expert])
-        else:
-            self.cache = ExpertCache(
-                config.geometry, config.policy, num_layers, self.num_experts, self.moe_layers, seed=config.seed
-            )
         self.stats = RuntimeStats(num_layers)
         self.threads = threads
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)

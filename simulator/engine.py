@@ -15,8 +15,10 @@ import numpy as np
 from numba import njit
 
 from expertcache.simulator.cache import NEVER, access_sequence, new_state
+from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.placements import placement_decider
 from expertcache.simulator.policies import get_policy
 from expertcache.traces.io import Trace
 from expertcache.traces.schema import TraceMeta
@@ -128,9 +130,14 @@ class SimResult:
 @njit(cache=True, error_model="numpy")
 def _charge_time(
     layer, expert, num_experts, hit, slot, group_start, group_tokens, group_decode,
-    cpu_s, gpu_s, dense_s, copy_s, overhead_s, cpu_slowdown, num_slots, totals, counts, layer_hits, layer_misses,
+    cpu_s, gpu_s, dense_s, copy_s, overhead_s, cpu_slowdown, num_slots, fetch_misses,
+    totals, counts, layer_hits, layer_misses,
 ):  # fmt: skip
     """Price the cache's decisions, one (pass, layer) group at a time.
+
+    A miss with a slot runs on the CPU while its copy runs, unless it is computed on the GPU
+    after its copy: always with ``fetch_misses`` (on-demand fetching), otherwise when a
+    multi-token pass finishes sooner that way.
 
     ``totals`` receives prefill, CPU, GPU, PCIe-busy, stall, overhead and decode seconds;
     ``counts`` decode hits, decode misses and bypassed misses; the layer arrays hits and misses.
@@ -184,7 +191,7 @@ def _charge_time(
                 totals[3] += copy_s
             factor = cpu_slowdown if link_free > cpu else 1.0
             cpu_finish = cpu + cpu_s[n] * factor
-            if n > 1 and s >= 0 and max(gpu, done) + gpu_s[n] < cpu_finish:
+            if s >= 0 and (fetch_misses or (n > 1 and max(gpu, done) + gpu_s[n] < cpu_finish)):
                 totals[4] += max(0.0, done - gpu)
                 gpu = max(gpu, done) + gpu_s[n]
                 totals[2] += gpu_s[n]
@@ -205,19 +212,29 @@ def simulate(
     threads: int,
     seed: int = 0,
     keep_outcome: bool = False,
+    placement: str = "cache",
 ) -> SimResult:
-    """Replay ``replay`` through a cache of ``geometry`` under ``policy`` and price it with ``profile``."""
+    """Replay ``replay`` through a cache of ``geometry`` under ``policy`` and price it with ``profile``.
+
+    ``placement`` prices one of the systems expertcache is compared with instead (see
+    ``placements.PLACEMENTS``); ``static`` and ``cpu`` ignore the policy.
+    """
     meta = replay.meta
     geometry.check_fits(meta.top_k)
     get_policy(policy)
-    state = new_state(geometry, policy, meta.num_layers, meta.num_experts, meta.moe_layers, seed)
     count = replay.num_accesses
-    hit = np.zeros(count, dtype=np.bool_)
-    slot = np.zeros(count, dtype=np.int64)
-    evicted = np.zeros(count, dtype=np.int64)
-    access_sequence(
-        *state.args(), replay.layer, replay.expert, replay.weight, replay.step, replay.next_use, hit, slot, evicted
-    )
+    if placement in ("cache", "fetch"):
+        state = new_state(geometry, policy, meta.num_layers, meta.num_experts, meta.moe_layers, seed)
+        hit = np.zeros(count, dtype=np.bool_)
+        slot = np.zeros(count, dtype=np.int64)
+        evicted = np.zeros(count, dtype=np.int64)
+        access_sequence(
+            *state.args(), replay.layer, replay.expert, replay.weight, replay.step, replay.next_use, hit, slot, evicted
+        )
+    else:
+        config = CacheConfig(sets=geometry.sets, ways=geometry.ways, policy=policy)
+        decider = placement_decider(placement, config, meta.num_layers, meta.num_experts, meta.moe_layers)
+        hit, slot, _ = decider.access_many(replay.layer, replay.expert, replay.weight, 0)
     max_tokens = int(replay.group_tokens.max())
     totals = np.zeros(7)
     counts = np.zeros(3, dtype=np.int64)
@@ -232,7 +249,7 @@ def simulate(
         profile.copy_s(meta.expert_bytes),
         profile.layer_overhead_ms / 1e3,
         profile.cpu_slowdown_during_copy,
-        geometry.slots, totals, counts, layer_hits, layer_misses,
+        geometry.slots, placement == "fetch", totals, counts, layer_hits, layer_misses,
     )  # fmt: skip
     decode_s = float(totals[6])
     hits = int(layer_hits.sum())
