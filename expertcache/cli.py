@@ -33,7 +33,8 @@ def main() -> None:
     \b
     Typical flow:
       expertcache sweep --trace run.parquet --budget 20GiB --out best.json
-      expertcache simulate --trace run.parquet --sets 14 --ways 4 --policy eta
+      expertcache simulate --trace run.parquet --sets 14 --ways 4 --policy markov
+      expertcache bench --synthetic mixtral-8x7b --budget 24GiB --trace run.parquet   (GPU)
       expertcache policies
     Every command without --trace uses the small sample trace shipped with the package.
     """
@@ -367,6 +368,89 @@ def calibrate(model_path, shape, layers, device, thread_list, repeats, trust_rem
     click.echo(f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) " + ", ".join(f"{t} threads {row[1]:.2f} ms" for t, row in profile.cpu_expert_ms.items()))
     click.echo(f"GPU expert (1 token) {profile.gpu_expert_ms[1]:.3f} ms; outside experts {profile.dense_ms[1]:.3f} ms per layer; CPU slowdown under copies {profile.cpu_slowdown_during_copy:.2f}")
     click.echo(f"profile  {out_path}")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(), help="Local model directory to bench.")
+@click.option("--synthetic", "shape", type=click.Choice(["mixtral-8x7b", "phi-3.5-moe", "olmoe-1b-7b", "qwen3-30b-a3b"]), help="A full-size architecture with synthesized weights instead.")
+@click.option("--layers", type=int, help="Build only this many decoder layers of --synthetic. [default: all]")
+@click.option("--budget", "budget_text", required=True, help="GPU memory for everything (dense weights, KV cache, slots), e.g. 24GiB.")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Force every system's routing from this trace. [default: the model's routers]")
+@click.option("--systems", default=",".join(["expertcache", "fetch", "static", "cpu", "gpu"]), show_default=True, help="Comma-separated systems to run (expertcache, fetch, static, cpu, gpu).")
+@click.option("--requests", type=int, default=2, show_default=True)
+@click.option("--prompt-tokens", type=int, default=16, show_default=True, help="Random prompt tokens per request.")
+@click.option("--new-tokens", type=int, default=32, show_default=True, help="Greedy new tokens per request.")
+@click.option("--threads", type=int, help="CPU threads for experts on the CPU. [default: all cores but one]")
+@click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the profile, the choice and every row as JSON.")
+def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, threads, device, out_path) -> None:
+    """Run expertcache and the systems users would pick instead side by side, one budget, one run.
+
+    Calibrates this machine, lets the simulator choose expertcache's configuration, then runs
+    each system on the same requests and routing and prints decode and prefill speed, hit rate,
+    roofline, energy per token and the simulator's predictions (this machine, the seed's desktop).
+    """
+    import json
+    import os
+
+    import torch
+
+    from expertcache.errors import ConfigError
+    from expertcache.runtime.bench import BenchSetup, check_systems, format_table, run_bench
+    from expertcache.runtime.loader import load, model_dtype, plan_memory
+    from expertcache.units import parse_bytes
+
+    if (model_path is None) == (shape is None):
+        raise ConfigError("give exactly one of --model and --synthetic")
+    check_systems(systems.split(","))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda was asked for but this machine has no CUDA GPU; pass --device cpu")
+    budget = parse_bytes(budget_text)
+    threads = threads or max(1, (os.cpu_count() or 2) - 1)
+    max_tokens = prompt_tokens + new_tokens + 8
+    if shape:
+        from expertcache.runtime.synthetic import build_full_size, full_size_config
+
+        hf_config, dtype = full_size_config(shape, layers), torch.bfloat16
+    else:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(model_path)
+        dtype = model_dtype(hf_config, "auto")
+    plan = plan_memory(hf_config, budget, max_tokens, dtype)
+    plan.check()
+    whole = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 2**62
+    if trace_path:
+        from expertcache.traces.io import read_trace
+
+        read_trace(trace_path)  # refuse a bad trace before building anything
+    click.echo(f"building {shape or model_path} on {device}", err=True)
+    if shape:
+        model, host, top_k = build_full_size(shape, layers, device=str(device))
+    else:
+        model = load(model_path, device=device, gpu_budget=budget, max_tokens=max_tokens, threads=threads)
+        host, top_k = model.expertcache.host, model.expertcache.top_k
+        del model.expertcache
+    torch.set_num_threads(threads)
+    setup = BenchSetup(
+        slots=min(plan.slots, plan.all_experts), all_slots=plan_memory(hf_config, whole, max_tokens, dtype).slots, budget_bytes=budget,
+        trace_path=Path(trace_path) if trace_path else None, requests=requests, prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens, threads=threads,
+    )  # fmt: skip
+    profile, chosen, rows = run_bench(model, host, top_k, systems.split(","), setup, say=lambda m: click.echo(m, err=True))
+    machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}"
+    click.echo(f"\n{shape or Path(model_path).name}, budget {budget_text} ({plan.slots} slots), routing from "
+               f"{Path(trace_path).name if trace_path else 'the model'}, {requests} requests x {prompt_tokens} prompt + "
+               f"{new_tokens} new tokens, {threads} CPU threads; {machine}\n")  # fmt: skip
+    click.echo(format_table(rows))
+    if out_path:
+        from dataclasses import asdict
+
+        document = {"machine": machine, "budget": budget_text, "trace": trace_path, "profile": asdict(profile),
+                    "chosen": asdict(chosen), "rows": rows}  # fmt: skip
+        Path(out_path).write_text(json.dumps(document, indent=1, default=str))
+        click.echo(f"\nresults  {out_path}")
 
 
 @main.group()

@@ -63,7 +63,8 @@ class MemoryPlan:
             )
 
 
-def _dtype(config, dtype: str | torch.dtype) -> torch.dtype:
+def model_dtype(config, dtype: str | torch.dtype) -> torch.dtype:
+    """The torch dtype for ``dtype``; "auto" reads it from the model configuration (float32 when absent)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
@@ -152,7 +153,7 @@ def load(
         raise ConfigError("device cuda was asked for but this machine has no CUDA GPU; pass --device cpu")
     register()
     hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    torch_dtype = _dtype(hf_config, dtype)
+    torch_dtype = model_dtype(hf_config, dtype)
     if gpu_budget is None:
         if device.type == "cuda":
             gpu_budget = int(torch.cuda.mem_get_info(device)[0] * 0.95)
@@ -190,7 +191,7 @@ def attach(
 
     ``host`` holds each MoE layer's experts as flat rows (see ``ExpertLayout``); the experts
     modules' own parameters must already be emptied. ``placement`` picks expertcache or one of
-    the systems it is compared with (``offload.PLACEMENTS``).
+    the systems it is compared with (``simulator.placements.PLACEMENTS``).
     """
     model.eval()
     experts = find_experts_modules(model)

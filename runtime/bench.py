@@ -1,0 +1,180 @@
+"""Every system side by side on this machine, at one budget, in one process: ``expertcache bench``.
+
+The systems (``SYSTEMS``) run the same requests through the same runtime code, one after the
+other, with routing forced from one trace so each sees the same experts. Per system: prefill
+time, decode tokens/s, hit rate, energy per token (NVML, RAPL where readable), the roofline of
+its own run (``simulator.roofline``), and the simulator's prediction for its recorded run, with
+the profile calibrated at the start of the bench and with the seed's desktop profile. The
+expertcache configuration is the one the simulator ranks first for this machine.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from expertcache.errors import ConfigError
+from expertcache.runtime.calibrate import calibrate
+from expertcache.runtime.energy import EnergyMeter
+from expertcache.runtime.forced import TraceRouting
+from expertcache.runtime.loader import attach
+from expertcache.runtime.record import Recorder
+from expertcache.simulator.config import CacheConfig
+from expertcache.simulator.costs import Profile, load_profile
+from expertcache.simulator.engine import ReplayInput, simulate
+from expertcache.simulator.geometry import geometries_for_slots
+from expertcache.simulator.policies import POLICIES
+from expertcache.simulator.roofline import roofline
+from expertcache.simulator.sweep import best_config, candidates, rank, run_sweep
+from expertcache.traces.io import read_trace
+
+SYSTEMS = {
+    "expertcache": "the configuration the simulator ranks first for this machine",
+    "fetch": "on-demand fetching: fully associative LRU over the same slots, misses copied and computed on the GPU",
+    "static": "llama.cpp --n-cpu-moe: the last layers' experts on the GPU, the rest on the CPU",
+    "cpu": "every expert on the CPU (llama.cpp --cpu-moe, Fiddler)",
+    "gpu": "every expert on the GPU, where the device holds them all (the upper bound)",
+}
+DESKTOP = "desktop-4090"
+
+
+@dataclass
+class BenchSetup:
+    """What every system is given: the slot budget, the requests and the routing."""
+
+    slots: int  # expert slots the budget leaves
+    all_slots: int  # expert slots the whole device would leave (for "gpu")
+    budget_bytes: int
+    trace_path: Path | None  # routing forced from this trace; None: the model's own routers
+    requests: int = 2
+    prompt_tokens: int = 16
+    new_tokens: int = 32
+    threads: int = 1
+
+
+def check_systems(systems: list[str]) -> None:
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ConfigError(f"unknown system '{unknown[0]}'; known: {', '.join(SYSTEMS)}")
+
+
+def choose_config(trace_path: Path, setup: BenchSetup, top_k: int, profile: Profile) -> CacheConfig:
+    """The runnable configuration the simulator predicts fastest on ``trace_path`` for ``profile``."""
+    online = [name for name, policy in POLICIES.items() if not policy.offline_only]
+    todo = candidates(geometries_for_slots(setup.slots, top_k), online, [setup.threads])
+    ranked = rank(run_sweep([trace_path], todo, profile, executor="serial"))
+    return best_config(ranked, setup.budget_bytes)
+
+
+def run_system(
+    model, host: dict, top_k: int, system: str, config: CacheConfig, setup: BenchSetup, profile: Profile, workdir: Path
+) -> dict:
+    """Generate the bench's requests under one system; measure, record, and price its run."""
+    placement = {"expertcache": "cache", "gpu": "static"}.get(system, system)
+    device = next(model.parameters()).device
+    attach(model, host, config, device, setup.threads, profile, top_k, placement=placement)
+    runtime = model.expertcache
+    if setup.trace_path is not None:
+        runtime.routing = TraceRouting(read_trace(setup.trace_path), runtime.moe_layers, runtime.num_experts, top_k)
+    record_path = workdir / f"{system}.parquet"
+    runtime.recorder = Recorder(record_path, runtime, f"bench-{system}")
+    prompts = torch.randint(0, model.config.vocab_size, (setup.requests, setup.prompt_tokens), generator=torch.Generator().manual_seed(0))
+    meter = EnergyMeter(device)
+    for request in range(setup.requests):
+        runtime.begin_request(request)
+        with torch.inference_mode():
+            model.generate(prompts[request : request + 1].to(device), max_new_tokens=setup.new_tokens,
+                           min_new_tokens=setup.new_tokens, do_sample=False)  # fmt: skip
+    runtime.end_pass()
+    joules = meter.joules()
+    runtime.recorder.close()
+    stats = runtime.stats
+
+    replay = ReplayInput.from_trace(read_trace(record_path))
+    predicted = simulate(replay, config.geometry, config.policy, profile, setup.threads, config.seed, True, placement)
+    desktop = load_profile(DESKTOP)
+    on_desktop = simulate(replay, config.geometry, config.policy, desktop, desktop.thread_counts[-1], config.seed, placement=placement)
+    bound = roofline(replay, predicted.outcome, profile, setup.threads)
+    generated = setup.requests * setup.new_tokens
+    row = {
+        "system": system, "placement": placement, "sets": config.sets, "ways": config.ways, "policy": config.policy,
+        "threads": setup.threads, "prefill_s": stats.prefill_s, "prefill_tokens": stats.prefill_tokens,
+        "decode_tokens_per_s": stats.decode_tokens_per_s, "hit_rate": stats.hit_rate, "copies": stats.copies,
+        "roofline_tokens_per_s": bound.tokens_per_s, "predicted_tokens_per_s": predicted.tokens_per_s,
+        "desktop_tokens_per_s": on_desktop.tokens_per_s,
+        **{f"{source}_joules_per_token": value / generated for source, value in joules.items()},
+    }  # fmt: skip
+    del model.expertcache, runtime
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def run_bench(
+    model, host: dict, top_k: int, systems: list[str], setup: BenchSetup, say: Callable[[str], None] = print
+) -> tuple[Profile, CacheConfig, list[dict]]:
+    """Calibrate, choose expertcache's configuration by simulation, then run every system."""
+    check_systems(systems)
+    device = next(model.parameters()).device
+    attach(model, host, CacheConfig(sets=1, ways=top_k, policy="lru"), device, setup.threads, None, top_k)
+    say("calibrating this machine")
+    profile = calibrate(model, name="bench", threads=sorted({1, setup.threads}), progress=lambda m: say(f"  measuring {m}"))
+    say("warming up")  # the first generate of a process is slow (allocations, kernel selection)
+    with torch.inference_mode():
+        model.generate(torch.zeros(1, setup.prompt_tokens, dtype=torch.long, device=device), max_new_tokens=4, do_sample=False)
+    del model.expertcache
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        choice_trace = setup.trace_path
+        if choice_trace is None:  # the model's own routing: record one run to choose from
+            say("recording a trace to choose from")
+            run_system(model, host, top_k, "expertcache", CacheConfig(sets=1, ways=setup.slots, policy="markov"), setup, profile, workdir)
+            choice_trace = workdir / "expertcache.parquet"
+            (workdir / "choice.parquet").write_bytes(choice_trace.read_bytes())
+            choice_trace = workdir / "choice.parquet"
+        chosen = choose_config(choice_trace, setup, top_k, profile)
+        say(f"simulator's choice: {chosen.sets} x {chosen.ways}, {chosen.policy}")
+        rows = []
+        for system in systems:
+            if system == "gpu":
+                num_experts = len(next(iter(host.values())))
+                needed = len(host) * num_experts
+                if setup.all_slots < needed:
+                    say(f"gpu: skipped, the device holds {setup.all_slots} of the {needed} experts")
+                    continue
+                config = CacheConfig(sets=1, ways=needed, policy="lru")
+            elif system == "expertcache":
+                config = chosen
+            else:
+                config = CacheConfig(sets=1, ways=setup.slots, policy="lru")
+            say(f"running {system}")
+            rows.append(run_system(model, host, top_k, system, config, setup, profile, workdir))
+    return profile, chosen, rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown: each system's numbers and expertcache's speed over it, measured and predicted."""
+    ours = next((r for r in rows if r["system"] == "expertcache"), None)
+    lines = [
+        "| system | slots | prefill s | decode tok/s | hit rate | roofline tok/s | of roofline | expertcache is "
+        "| predicted (calibrated) | predicted on the seed's desktop | GPU J/token | CPU J/token |",
+        "|---" * 12 + "|",
+    ]
+    for r in rows:
+        ratio = desktop_ratio = "–"
+        if ours is not None and r is not ours:
+            ratio = f"{ours['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}×"
+            desktop_ratio = f"{ours['desktop_tokens_per_s'] / r['desktop_tokens_per_s']:.2f}×"
+        slots = "–" if r["placement"] == "cpu" else f"{r['sets']} × {r['ways']} {r['policy'] if r['placement'] in ('cache', 'fetch') else ''}".strip()
+        gpu_j = f"{r['gpu_joules_per_token']:.1f}" if "gpu_joules_per_token" in r else "n/a"
+        cpu_j = f"{r['cpu_joules_per_token']:.1f}" if "cpu_joules_per_token" in r else "n/a"
+        lines.append(
+            f"| {r['system']} | {slots} | {r['prefill_s']:.2f} | {r['decode_tokens_per_s']:.2f} | {r['hit_rate']:.1%} "
+            f"| {r['roofline_tokens_per_s']:.2f} | {r['decode_tokens_per_s'] / r['roofline_tokens_per_s']:.0%} | {ratio} "
+            f"| {r['predicted_tokens_per_s']:.2f} | {r['desktop_tokens_per_s']:.2f} ({desktop_ratio}) | {gpu_j} | {cpu_j} |"
+        )
+    return "\n".join(lines)

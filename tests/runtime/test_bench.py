@@ -1,0 +1,48 @@
+"""`expertcache bench` end to end on the CPU device: a tiny model, every system, one subprocess."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from transformers import AutoConfig
+
+from conftest import run_cli
+from expertcache.runtime.loader import plan_memory
+from expertcache.simulator.policies import get_policy
+
+
+def budget_for_slots(model_dir: str, slots: int, max_tokens: int) -> int:
+    """The budget that leaves exactly ``slots`` expert slots (the plan's reserve is 4 % + 256 MiB)."""
+    plan = plan_memory(AutoConfig.from_pretrained(model_dir), 2**40, max_tokens, torch.float32)
+    fixed = plan.dense_bytes + plan.kv_bytes + 256 * 2**20
+    budget = int((fixed + (slots + 0.5) * plan.expert_bytes) / 0.96)
+    assert plan_memory(AutoConfig.from_pretrained(model_dir), budget, max_tokens, torch.float32).slots == slots
+    return budget
+
+
+def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
+    model_dir = model_dirs("mixtral")  # 3 layers x 8 experts, top-2
+    budget = budget_for_slots(model_dir, 9, max_tokens=4 + 3 + 8)
+    result = run_cli("bench", "--model", model_dir, "--budget", str(budget), "--device", "cpu", "--requests", "2",
+                     "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--out", str(tmp_path / "b.json"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "expertcache is" in result.stdout and "(9 slots)" in result.stdout
+    document = json.loads((tmp_path / "b.json").read_text())
+    rows = {row["system"]: row for row in document["rows"]}
+    assert list(rows) == ["expertcache", "fetch", "static", "cpu", "gpu"]
+    chosen = document["chosen"]
+    assert chosen["sets"] * chosen["ways"] <= 9 and not get_policy(chosen["policy"]).offline_only
+    assert (rows["expertcache"]["sets"], rows["expertcache"]["ways"]) == (chosen["sets"], chosen["ways"])
+    assert rows["cpu"]["hit_rate"] == 0.0 and rows["cpu"]["copies"] == 0
+    assert rows["static"]["copies"] == 0 and 0.0 < rows["static"]["hit_rate"] < 1.0  # one of 3 layers fits
+    assert rows["gpu"]["hit_rate"] == 1.0 and rows["gpu"]["ways"] == 24
+    assert rows["fetch"]["copies"] > 0
+    for row in rows.values():
+        assert row["decode_tokens_per_s"] > 0 and row["roofline_tokens_per_s"] > 0 and row["desktop_tokens_per_s"] > 0
+
+
+def test_bench_refuses_an_unknown_system_before_building_anything(model_dirs):
+    result = run_cli("bench", "--model", model_dirs("mixtral"), "--budget", "1GiB", "--device", "cpu", "--systems", "expertcache,vllm")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == "error: unknown system 'vllm'; known: expertcache, fetch, static, cpu, gpu"
