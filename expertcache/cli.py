@@ -332,6 +332,33 @@ def analyze(trace_paths, out_dir, sweep_path, config_path, timing_path, points) 
     click.echo(f"report   {report}")
 
 
+def _model_and_experts(model_path, shape, layers, device, threads=None, trust_remote_code=False):
+    """(model with its dense part on ``device``, host expert rows per layer, top_k), from a model
+    directory or a full-size ``shape`` with synthesized weights, ready for ``loader.attach``."""
+    import torch
+
+    from expertcache.errors import ConfigError
+
+    if (model_path is None) == (shape is None):
+        raise ConfigError("give exactly one of --model and --synthetic")
+    if shape:
+        from expertcache.runtime.synthetic import build_full_size
+
+        return build_full_size(shape, layers, device=str(device))
+    from transformers import AutoConfig
+
+    from expertcache.runtime.loader import load, model_dtype, plan_memory
+    from expertcache.simulator.config import CacheConfig
+
+    hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    top_k = plan_memory(hf_config, 2**62, 1, model_dtype(hf_config, "auto"), trust_remote_code).top_k
+    smallest = CacheConfig(sets=1, ways=top_k, policy="lru")  # the caller attaches its own
+    model = load(model_path, config=smallest, device=torch.device(device), threads=threads, trust_remote_code=trust_remote_code)
+    host = model.expertcache.host
+    del model.expertcache
+    return model, host, top_k
+
+
 @main.command()
 @click.option("--model", "model_path", type=click.Path(), help="Local model directory to calibrate for.")
 @click.option("--synthetic", "shape", type=click.Choice(["mixtral-8x7b", "phi-3.5-moe", "olmoe-1b-7b", "qwen3-30b-a3b"]), help="Calibrate for a full-size architecture with synthesized weights instead (GPU).")
@@ -346,22 +373,14 @@ def calibrate(model_path, shape, layers, device, thread_list, repeats, trust_rem
     expert times, time per layer outside experts. `sweep --profile` then predicts for this machine."""
     import torch
 
-    from expertcache.errors import ConfigError
     from expertcache.runtime.calibrate import calibrate as measure
-    from expertcache.runtime.loader import attach, load
+    from expertcache.runtime.loader import attach
     from expertcache.simulator.config import CacheConfig
 
-    if (model_path is None) == (shape is None):
-        raise ConfigError("give exactly one of --model and --synthetic")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    config = CacheConfig(sets=1, ways=2, policy="lru")
-    if shape:
-        from expertcache.runtime.synthetic import build_full_size
-
-        model, host, top_k = build_full_size(shape, layers, device=device)
-        model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k)
-    else:
-        model = load(model_path, config=config, device=device, trust_remote_code=trust_remote_code)
+    model, host, top_k = _model_and_experts(model_path, shape, layers, device, trust_remote_code=trust_remote_code)
+    config = CacheConfig(sets=1, ways=top_k, policy="lru")
+    model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k)
     threads = [int(t) for t in thread_list.split(",")] if thread_list else None
     profile = measure(model, name=Path(out_path).stem, threads=threads, repeats=repeats, progress=lambda m: click.echo(f"measuring {m}", err=True))
     profile.to_json(out_path)
@@ -397,11 +416,11 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
 
     from expertcache.errors import ConfigError
     from expertcache.runtime.bench import BenchSetup, check_systems, format_table, run_bench
-    from expertcache.runtime.loader import load, model_dtype, plan_memory
+    from expertcache.runtime.loader import model_dtype, plan_memory
     from expertcache.units import parse_bytes
 
     if (model_path is None) == (shape is None):
-        raise ConfigError("give exactly one of --model and --synthetic")
+        raise ConfigError("give exactly one of --model and --synthetic")  # before reading any config
     check_systems(systems.split(","))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -410,7 +429,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     threads = threads or max(1, (os.cpu_count() or 2) - 1)
     max_tokens = prompt_tokens + new_tokens + 8
     if shape:
-        from expertcache.runtime.synthetic import build_full_size, full_size_config
+        from expertcache.runtime.synthetic import full_size_config
 
         hf_config, dtype = full_size_config(shape, layers), torch.bfloat16
     else:
@@ -426,12 +445,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
 
         read_trace(trace_path)  # refuse a bad trace before building anything
     click.echo(f"building {shape or model_path} on {device}", err=True)
-    if shape:
-        model, host, top_k = build_full_size(shape, layers, device=str(device))
-    else:
-        model = load(model_path, device=device, gpu_budget=budget, max_tokens=max_tokens, threads=threads)
-        host, top_k = model.expertcache.host, model.expertcache.top_k
-        del model.expertcache
+    model, host, top_k = _model_and_experts(model_path, shape, layers, device, threads)
     torch.set_num_threads(threads)
     setup = BenchSetup(
         slots=min(plan.slots, plan.all_experts), all_slots=plan_memory(hf_config, whole, max_tokens, dtype).slots, budget_bytes=budget,

@@ -27,3 +27,17 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
 def test_calibrate_needs_exactly_one_model():
     result = run_cli("calibrate")
     assert result.returncode == 2 and "exactly one of --model and --synthetic" in result.stderr
+
+
+def test_calibrate_takes_a_model_that_routes_to_more_than_two_experts(model_dirs, tmp_path):
+    # real OLMoE and Qwen3 route each token to 8 experts; calibration used to ask for 2 slots
+    import shutil
+
+    model_dir = tmp_path / "top4"
+    shutil.copytree(model_dirs("olmoe"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["num_experts_per_tok"] = 4
+    (model_dir / "config.json").write_text(json.dumps(config))
+    result = run_cli("calibrate", "--model", str(model_dir), "--device", "cpu", "--threads", "1", "--repeats", "1", "--out", str(tmp_path / "p.json"))
+    assert result.returncode == 0, result.stderr
+    assert Profile.from_json(tmp_path / "p.json").expert_bytes == (96 * 64 + 64 * 48) * 4
