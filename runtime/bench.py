@@ -71,16 +71,15 @@ def choose_config(trace_path: Path, setup: BenchSetup, top_k: int, profile: Prof
 
 
 def run_system(
-    model, host: dict, top_k: int, system: str, config: CacheConfig, setup: BenchSetup, profile: Profile, workdir: Path
+    model, host: dict, top_k: int, system: str, config: CacheConfig, setup: BenchSetup, profile: Profile, record_path: Path
 ) -> dict:
-    """Generate the bench's requests under one system; measure, record, and price its run."""
+    """Generate the bench's requests under one system; measure, record to ``record_path``, and price its run."""
     placement = {"expertcache": "cache", "gpu": "static"}.get(system, system)
     device = next(model.parameters()).device
     attach(model, host, config, device, setup.threads, profile, top_k, placement=placement)
     runtime = model.expertcache
     if setup.trace_path is not None:
         runtime.routing = TraceRouting(read_trace(setup.trace_path), runtime.moe_layers, runtime.num_experts, top_k)
-    record_path = workdir / f"{system}.parquet"
     runtime.recorder = Recorder(record_path, runtime, f"bench-{system}")
     prompts = torch.randint(0, model.config.vocab_size, (setup.requests, setup.prompt_tokens), generator=torch.Generator().manual_seed(0))
     meter = EnergyMeter(device)
@@ -132,10 +131,8 @@ def run_bench(
         choice_trace = setup.trace_path
         if choice_trace is None:  # the model's own routing: record one run to choose from
             say("recording a trace to choose from")
-            run_system(model, host, top_k, "expertcache", CacheConfig(sets=1, ways=setup.slots, policy="markov"), setup, profile, workdir)
-            choice_trace = workdir / "expertcache.parquet"
-            (workdir / "choice.parquet").write_bytes(choice_trace.read_bytes())
             choice_trace = workdir / "choice.parquet"
+            run_system(model, host, top_k, "expertcache", CacheConfig(sets=1, ways=setup.slots, policy="markov"), setup, profile, choice_trace)
         chosen = choose_config(choice_trace, setup, top_k, profile)
         say(f"simulator's choice: {chosen.sets} x {chosen.ways}, {chosen.policy}")
         rows = []
@@ -152,7 +149,7 @@ def run_bench(
             else:
                 config = CacheConfig(sets=1, ways=setup.slots, policy="lru")
             say(f"running {system}")
-            rows.append(run_system(model, host, top_k, system, config, setup, profile, workdir))
+            rows.append(run_system(model, host, top_k, system, config, setup, profile, workdir / f"{system}.parquet"))
     return profile, chosen, rows
 
 
