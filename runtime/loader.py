@@ -16,7 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from expertcache.errors import ConfigError
 from expertcache.runtime.experts import ExpertLayout, find_experts_modules
-from expertcache.runtime.offload import IMPLEMENTATION, CachedExperts, register
+from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExperts, register
 from expertcache.runtime.pinned import host_rows
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
@@ -28,12 +28,14 @@ DEFAULT_WAYS = 8
 
 @dataclass(frozen=True)
 class MemoryPlan:
-    """How a GPU budget splits into dense weights, KV cache, a working reserve and expert slots."""
+    """How a GPU budget splits into dense weights, KV cache, a working reserve, staging slots
+    (``offload.STAGING_SLOTS``) and the expert cache's slots."""
 
     budget_bytes: int
     dense_bytes: int
     kv_bytes: int
     reserve_bytes: int
+    staging_bytes: int
     expert_bytes: int
     num_moe_layers: int
     num_experts: int
@@ -41,20 +43,23 @@ class MemoryPlan:
 
     @property
     def slots(self) -> int:
-        free = self.budget_bytes - self.dense_bytes - self.kv_bytes - self.reserve_bytes
-        return max(0, free // self.expert_bytes)
+        return max(0, (self.budget_bytes - self.fixed_bytes) // self.expert_bytes)
+
+    @property
+    def fixed_bytes(self) -> int:
+        """Everything but the cache's slots."""
+        return self.dense_bytes + self.kv_bytes + self.reserve_bytes + self.staging_bytes
 
     @property
     def all_experts(self) -> int:
         return self.num_moe_layers * self.num_experts
 
     def check(self) -> None:
-        fixed = self.dense_bytes + self.kv_bytes + self.reserve_bytes
-        if fixed > self.budget_bytes:
+        if self.fixed_bytes > self.budget_bytes:
             raise ConfigError(
                 f"a GPU budget of {format_bytes(self.budget_bytes)} cannot hold the dense weights "
-                f"({format_bytes(self.dense_bytes)}), KV cache ({format_bytes(self.kv_bytes)}) and working reserve "
-                f"({format_bytes(self.reserve_bytes)})"
+                f"({format_bytes(self.dense_bytes)}), KV cache ({format_bytes(self.kv_bytes)}), working reserve "
+                f"({format_bytes(self.reserve_bytes)}) and staging slots ({format_bytes(self.staging_bytes)})"
             )
         if self.slots < self.top_k:
             raise ConfigError(
@@ -112,6 +117,7 @@ def plan_memory(config, budget_bytes: int, max_tokens: int, dtype: torch.dtype, 
         dense_bytes=total - expert_total,
         kv_bytes=_kv_bytes(config, max_tokens, element),
         reserve_bytes=int(0.04 * budget_bytes) + 256 * 2**20,
+        staging_bytes=STAGING_SLOTS * layout.nbytes,
         expert_bytes=layout.nbytes,
         num_moe_layers=len(experts),
         num_experts=experts[0][2].num_experts,

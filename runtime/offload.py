@@ -2,10 +2,12 @@
 
 Per MoE layer of a forward pass, in the order the simulator replays them: the layer's accesses
 (position by position, rank by rank) go through the shared cache core. Experts that were
-resident run on the GPU from their slots; the others run on the CPU right away while a copy
-into their new slot starts on the copy stream, so the next token that wants them hits. In a
-multi-token pass (prefill) a missed expert is computed on the GPU instead when the cost
-profile says copy-then-compute finishes before the CPU would.
+resident run on the GPU from their slots. Each miss runs where the simulator's rule
+(``schedule.split_misses``) says it finishes first: on the CPU right away, or on the GPU once
+copied (into its new slot, or a staging slot when the policy does not keep it). Misses the
+cache keeps are copied either way, so the next token that wants them hits. The host waits for
+the GPU once per layer, for the routing; all GPU work is queued without waiting, so the CPU
+computes its share while the GPU computes and the link copies theirs.
 """
 
 from __future__ import annotations
@@ -24,11 +26,15 @@ from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.stats import RuntimeStats
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
-from expertcache.simulator.placements import StaticPlacement, placement_decider
+from expertcache.simulator.placements import MISS_PATHS, StaticPlacement, placement_decider
+from expertcache.simulator.schedule import CPU_ONLY, split_misses
 
 IMPLEMENTATION = "expertcache"
 PRICED_TOKENS = 4096
 """Token counts up to which CPU-or-GPU is decided from the profile; larger batches count as this."""
+STAGING_SLOTS = 2
+"""Slots outside the cache for misses the policy does not keep but that run faster on the GPU:
+one being read while the next is copied. The memory plan counts them."""
 
 Routing = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
 """(layer, step, tokens) → forced (top_k_index, top_k_weights) for trace-forced routing."""
@@ -80,7 +86,12 @@ class CachedExperts:
         self.top_k = top_k
         self.placement = placement
         self.cache = placement_decider(placement, config, num_layers, self.num_experts, self.moe_layers)
-        self.pool = SlotPool(0 if placement == "cpu" else config.slots, layout.numel, layout.dtype, device)
+        self._miss_path = MISS_PATHS[placement]
+        staging = 0 if self._miss_path == CPU_ONLY else STAGING_SLOTS
+        self._staging = list(range(config.slots, config.slots + staging))
+        self._next_staging = 0
+        slots = 0 if placement == "cpu" else config.slots + staging
+        self.pool = SlotPool(slots, layout.numel, layout.dtype, device)
         if isinstance(self.cache, StaticPlacement):
             for layer in self.moe_layers:
                 first = int(self.cache.first_slot[layer])
@@ -91,6 +102,8 @@ class CachedExperts:
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._copy_s = profile.copy_s(layout.nbytes)
+        self._slowdown = profile.cpu_slowdown_during_copy
+        self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end
         self.step = -1
         self.request = 0
         self.position = 0
@@ -150,60 +163,102 @@ class CachedExperts:
         tokens, top_k = top_k_index.shape
         if layer == self.moe_layers[0]:
             self._begin_pass(tokens)
-        if self.routing is not None:
-            forced_index, forced_weights = self.routing(layer, self.step, tokens)
-            top_k_index = torch.as_tensor(forced_index, device=hidden.device).view(tokens, top_k)
-            top_k_weights = torch.as_tensor(forced_weights, device=hidden.device, dtype=top_k_weights.dtype).view(tokens, top_k)
-        index = top_k_index.cpu()
-        weights = top_k_weights.detach().float().cpu().numpy()
-        flat = index.reshape(-1).numpy()
+        index, weights, top_k_weights = self._routing_of(layer, tokens, top_k_index, top_k_weights)
+        flat = index.reshape(-1)
         hit, slot, _ = self.cache.access_many(np.full(flat.shape, layer), flat, weights.reshape(-1), self.step)
         self.stats.layer_hits[layer] += int(hit.sum())
         self.stats.layer_misses[layer] += int((~hit).sum())
-        record = LayerPass(layer, index.numpy(), weights, hit, slot)
+        self.stats.bypassed += int((~hit & (slot < 0)).sum())
+        record = LayerPass(layer, index, weights, hit, slot)
         self._layers.append(record)
 
-        # Fill each slot once, with the last expert the core put there during this layer; a
-        # resident expert is read from its slot before any fill can overwrite it.
-        fills: dict[int, int] = {}
-        for i in np.flatnonzero(~hit & (slot >= 0)):
-            fills[int(slot[i])] = int(flat[i])
-        filled = {expert: s for s, expert in fills.items()}
-        experts, first = np.unique(flat, return_index=True)  # ascending ids, as eager sums them
-        resident, fetched, on_cpu = [], [], []
-        for expert, i in zip(experts.tolist(), first.tolist()):
-            rank_idx, token_idx = torch.where(index.T == expert)
-            if hit[i]:
-                resident.append((expert, int(slot[i]), token_idx, rank_idx))
-                continue
-            n = min(len(token_idx), PRICED_TOKENS)
-            faster_fetched = n > 1 and self._copy_s + self._gpu_s[n] < self._cpu_s[n]
-            if expert in filled and (self.placement == "fetch" or faster_fetched):
-                fetched.append((expert, filled[expert], token_idx, rank_idx))
-            else:
-                on_cpu.append((expert, -1, token_idx, rank_idx))
-        self.stats.bypassed += int((~hit & (slot < 0)).sum())
-
-        results: dict[int, torch.Tensor] = {}
-        self._run_on_gpu(module, record, hidden, resident, results)
-        for s, expert in fills.items():
+        plan = self._plan(index, hit, slot)
+        # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
+        hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu else None
+        rows = torch.from_numpy(plan.rows).to(hidden.device, non_blocking=True)
+        token_rows, rank_rows = rows % tokens, rows // tokens
+        outputs: dict[int, torch.Tensor] = {}
+        self._run_on_gpu(module, record, hidden, token_rows, plan.resident, outputs)
+        self._run_on_gpu(module, record, hidden, token_rows, plan.fetched, outputs, copy_first=True)
+        for s, expert in plan.background:
             self.pool.fill(s, self.host[layer][expert])
-        self.stats.copies += len(fills)
-        self.stats.fetched += len(fetched)
-        self._run_on_gpu(module, record, hidden, fetched, results)
-        self._run_on_cpu(module, record, hidden, on_cpu, results)
+        staged = sum(1 for job in plan.fetched if job.slot >= self.config.slots)
+        self.stats.copies += len(plan.fetched) - staged + len(plan.background)
+        self.stats.staged += staged
+        self.stats.fetched += len(plan.fetched)
+        self._run_on_cpu(module, record, hidden_cpu, plan.rows % tokens, plan.on_cpu, outputs)
 
+        # one weighted sum, experts in ascending order as eager adds them
+        out = torch.cat([outputs[expert] for expert in sorted(outputs)])
+        if getattr(module, "has_post_expert_norm", False):
+            out = module.post_expert_norm(out)
+        out = out * top_k_weights[token_rows, rank_rows, None]
         final = torch.zeros_like(hidden)
-        for expert, _, token_idx, rank_idx in sorted(resident + fetched + on_cpu, key=lambda job: job[0]):
-            out = results[expert]
-            if getattr(module, "has_post_expert_norm", False):
-                out = module.post_expert_norm(out)
-            token_idx = token_idx.to(hidden.device)
-            out = out * top_k_weights[token_idx, rank_idx.to(hidden.device), None]
-            final.index_add_(0, token_idx, out.to(final.dtype))
-        return final
+        return final.index_add_(0, token_rows, out.to(final.dtype))
 
-    def _run_on_gpu(self, module, record: LayerPass, hidden, jobs, results) -> None:
+    def _routing_of(
+        self, layer: int, tokens: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+        """The layer's experts and router weights on the host, and the weights its output applies."""
+        if self.routing is None:  # the one wait for the GPU in a layer: the routing must be known here
+            return top_k_index.cpu().numpy(), top_k_weights.detach().float().cpu().numpy(), top_k_weights
+        forced_index, forced_weights = self.routing(layer, self.step, tokens)
+        applied = torch.from_numpy(np.ascontiguousarray(forced_weights, dtype=np.float32)).to(top_k_weights.dtype).view(tokens, -1)
+        index = np.asarray(forced_index, dtype=np.int64).reshape(tokens, -1)
+        return index, applied.float().numpy(), applied.to(top_k_weights.device, non_blocking=True)
+
+    def _plan(self, index: np.ndarray, hit: np.ndarray, slot: np.ndarray) -> "LayerPlan":
+        """Which experts run from their slots, which are copied and run on the GPU, which run on
+        the CPU (``schedule.split_misses``, the simulator's rule), and which slots are refilled
+        behind them."""
+        by_rank = index.T.reshape(-1)  # rank-major: the row order eager's torch.where gives
+        rows = np.argsort(by_rank, kind="stable")
+        experts, starts = np.unique(by_rank[rows], return_index=True)
+        ends = np.r_[starts[1:], len(rows)]
+        flat = index.reshape(-1)
+        first = dict(zip(*(a.tolist() for a in np.unique(flat, return_index=True))))  # in execution order
+        # every slot written during this layer is filled once, with the last expert put there
+        last_in_slot = {int(slot[i]): int(flat[i]) for i in np.flatnonzero(~hit & (slot >= 0))}
+        kept = {expert: s for s, expert in last_in_slot.items()}
+        plan = LayerPlan(rows=rows)
+        missed = []
+        for expert, start, end in zip(experts.tolist(), starts.tolist(), ends.tolist()):
+            i = first[expert]
+            if hit[i]:
+                plan.resident.append(ExpertJob(expert, int(slot[i]), start, end))
+            else:
+                missed.append(ExpertJob(expert, kept.get(expert, -1), start, end))
+        on_gpu = self._split(plan.resident, missed)
+        for job, gpu in zip(missed, on_gpu):
+            if gpu and job.slot < 0:  # not kept by the policy: through a staging slot
+                job.slot = self._staging[self._next_staging % len(self._staging)]
+                self._next_staging += 1
+            (plan.fetched if gpu else plan.on_cpu).append(job)
+        fetched = {job.slot for job in plan.fetched}
+        plan.background = [(s, expert) for s, expert in last_in_slot.items() if s not in fetched]
+        return plan
+
+    def _split(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> list[bool]:
+        """For each miss, whether it runs on the GPU after its copy, timed from now."""
+        if not missed:
+            return []
+        rows = np.array([min(job.rows, PRICED_TOKENS) for job in missed], dtype=np.int64)
+        admitted = np.array([job.slot >= 0 for job in missed])
+        on_gpu, copy_end = np.zeros(len(missed), dtype=np.bool_), np.zeros(len(missed))
+        busy = sum(self._gpu_s[min(job.rows, PRICED_TOKENS)] for job in resident)
+        now = time.perf_counter()
+        _, _, link_free = split_misses(
+            rows, admitted, self._miss_path, 0.0, busy, max(0.0, self._link_free_at - now),
+            self._cpu_s, self._gpu_s, self._copy_s, self._slowdown, on_gpu, copy_end, np.zeros(4),
+        )  # fmt: skip
+        self._link_free_at = now + link_free
+        return on_gpu.tolist()
+
+    def _run_on_gpu(
+        self, module, record: LayerPass, hidden, token_rows, jobs: list["ExpertJob"], outputs, copy_first: bool = False
+    ) -> None:
+        """Queue ``jobs`` on the GPU; with ``copy_first`` each one's copy is started just before
+        its kernels, so a staging slot is refilled only after the kernels reading it are queued."""
         if not jobs:
             return
         on_cuda = self.device.type == "cuda"
@@ -211,12 +266,14 @@ class CachedExperts:
             start = torch.cuda.Event(enable_timing=True)
             start.record()
         started = time.perf_counter()
-        for expert, slot, token_idx, _ in jobs:
+        for job in jobs:
+            if copy_first:
+                self.pool.fill(job.slot, self.host[record.layer][job.expert])
             waited = len(record.wait_events)
-            weights = self.layout.views(self.pool.acquire(slot, record.wait_events))
+            weights = self.layout.views(self.pool.acquire(job.slot, record.wait_events))
             self.stats.copy_waits += len(record.wait_events) - waited
-            results[expert] = expert_ffn(module, hidden[token_idx.to(hidden.device)], weights)
-            self.pool.release(slot)
+            outputs[job.expert] = expert_ffn(module, hidden[token_rows[job.start : job.end]], weights)
+            self.pool.release(job.slot)
         if on_cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
@@ -224,16 +281,40 @@ class CachedExperts:
         else:
             record.gpu_s += time.perf_counter() - started
 
-    def _run_on_cpu(self, module, record: LayerPass, hidden, jobs, results) -> None:
+    def _run_on_cpu(self, module, record: LayerPass, hidden_cpu, token_rows: np.ndarray, jobs: list["ExpertJob"], outputs) -> None:
         if not jobs:
             return
         started = time.perf_counter()
-        hidden_cpu = hidden.detach().to("cpu")
-        for expert, _, token_idx, _ in jobs:
-            weights = self.layout.views(self.host[record.layer][expert])
-            out = expert_ffn(module, hidden_cpu[token_idx], weights)
-            results[expert] = out.to(self.device, non_blocking=True)
+        for job in jobs:
+            weights = self.layout.views(self.host[record.layer][job.expert])
+            out = expert_ffn(module, hidden_cpu[torch.from_numpy(token_rows[job.start : job.end])], weights)
+            outputs[job.expert] = out.to(self.device, non_blocking=True)
         record.cpu_s += time.perf_counter() - started
+
+
+@dataclass
+class ExpertJob:
+    """One expert's work in a layer: its rows are ``LayerPlan.rows[start:end]``."""
+
+    expert: int
+    slot: int  # where it is read on the GPU (its cache slot or a staging slot); -1 on the CPU
+    start: int
+    end: int
+
+    @property
+    def rows(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class LayerPlan:
+    """How one MoE layer runs (``CachedExperts._plan``)."""
+
+    rows: np.ndarray  # rank-major positions (rank * tokens + token), grouped by ascending expert
+    resident: list[ExpertJob] = field(default_factory=list)
+    fetched: list[ExpertJob] = field(default_factory=list)  # misses copied, then computed on the GPU
+    on_cpu: list[ExpertJob] = field(default_factory=list)
+    background: list[tuple[int, int]] = field(default_factory=list)  # (slot, expert): kept misses run on the CPU
 
 
 def _nearest(choices: list[int], value: int) -> int:

@@ -1,10 +1,10 @@
 """Replay a trace through the cache core and the cost model.
 
 Each (forward pass, MoE layer) is charged as the runtime executes it: the dense part on the GPU,
-then hits on the GPU from their slots (waiting for a copy still in flight), misses on the CPU
-while their copies run one after another on the PCIe link. A multi-token pass (prefill) sends
-a missed expert to the GPU instead when copy-then-compute finishes first. The layer takes as
-long as the slower of the GPU and CPU paths, plus a fixed dispatch overhead.
+then hits on the GPU from their slots (waiting for a copy still in flight), then each miss where
+``schedule.split_misses`` puts it: on the CPU, or on the GPU after its copy (copies run one after
+another on the PCIe link). The layer takes as long as the slower of the GPU and CPU paths, plus a
+fixed dispatch overhead.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from expertcache.simulator.cache import NEVER, access_sequence, new_state
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.geometry import Geometry
-from expertcache.simulator.placements import placement_decider
+from expertcache.simulator.placements import MISS_PATHS, placement_decider
 from expertcache.simulator.policies import get_policy
+from expertcache.simulator.schedule import split_misses
 from expertcache.traces.io import Trace
 from expertcache.traces.schema import TraceMeta
 
@@ -130,14 +131,13 @@ class SimResult:
 @njit(cache=True, error_model="numpy")
 def _charge_time(
     layer, expert, num_experts, hit, slot, group_start, group_tokens, group_decode,
-    cpu_s, gpu_s, dense_s, copy_s, overhead_s, cpu_slowdown, num_slots, fetch_misses,
+    cpu_s, gpu_s, dense_s, copy_s, overhead_s, cpu_slowdown, num_slots, miss_paths,
     totals, counts, layer_hits, layer_misses,
 ):  # fmt: skip
     """Price the cache's decisions, one (pass, layer) group at a time.
 
-    A miss with a slot runs on the CPU while its copy runs, unless it is computed on the GPU
-    after its copy: always with ``fetch_misses`` (on-demand fetching), otherwise when a
-    multi-token pass finishes sooner that way.
+    Hits run on the GPU first (waiting for a copy still in flight), as the runtime launches
+    them; then ``schedule.split_misses`` places the misses by ``miss_paths``.
 
     ``totals`` receives prefill, CPU, GPU, PCIe-busy, stall, overhead and decode seconds;
     ``counts`` decode hits, decode misses and bypassed misses; the layer arrays hits and misses.
@@ -147,6 +147,12 @@ def _charge_time(
     first = np.full(num_experts, -1, np.int64)  # per group: expert → its first access
     count = np.zeros(num_experts, np.int64)
     order = np.zeros(num_experts, np.int64)
+    miss_tokens = np.zeros(num_experts, np.int64)
+    miss_admitted = np.zeros(num_experts, np.bool_)
+    miss_slot = np.zeros(num_experts, np.int64)
+    on_gpu = np.zeros(num_experts, np.bool_)
+    copy_end = np.zeros(num_experts)
+    spent = np.zeros(4)  # CPU, GPU, link busy, stall
     clock = 0.0
     link_free = 0.0
     for g in range(len(group_start) - 1):
@@ -170,7 +176,7 @@ def _charge_time(
         start = clock
         dense = dense_s[group_tokens[g]]
         gpu = start + dense
-        cpu = gpu
+        n_missed = 0
         for j in range(n_touched):
             e = order[j]
             i = first[e]
@@ -179,29 +185,29 @@ def _charge_time(
             s = slot[i]
             if hit[i]:
                 ready = max(gpu, copy_done[s])
-                totals[4] += ready - gpu
+                spent[3] += ready - gpu
                 gpu = ready + gpu_s[n]
-                totals[2] += gpu_s[n]
-                continue
-            done = -1.0
-            if s >= 0:
-                done = max(link_free, start + dense) + copy_s
-                link_free = done
-                copy_done[s] = done
-                totals[3] += copy_s
-            factor = cpu_slowdown if link_free > cpu else 1.0
-            cpu_finish = cpu + cpu_s[n] * factor
-            if s >= 0 and (fetch_misses or (n > 1 and max(gpu, done) + gpu_s[n] < cpu_finish)):
-                totals[4] += max(0.0, done - gpu)
-                gpu = max(gpu, done) + gpu_s[n]
-                totals[2] += gpu_s[n]
+                spent[1] += gpu_s[n]
             else:
-                cpu = cpu_finish
-                totals[1] += cpu_s[n] * factor
-        totals[2] += dense
+                miss_tokens[n_missed] = n
+                miss_admitted[n_missed] = s >= 0
+                miss_slot[n_missed] = s
+                n_missed += 1
+        gpu, cpu, link_free = split_misses(
+            miss_tokens[:n_missed], miss_admitted[:n_missed], miss_paths, start + dense, gpu, link_free,
+            cpu_s, gpu_s, copy_s, cpu_slowdown, on_gpu, copy_end, spent,
+        )  # fmt: skip
+        for j in range(n_missed):
+            if miss_admitted[j]:
+                copy_done[miss_slot[j]] = copy_end[j]
+        spent[1] += dense
         clock = max(gpu, cpu) + overhead_s
         totals[5] += overhead_s
         totals[6 if decode else 0] += clock - start
+    totals[1] += spent[0]
+    totals[2] += spent[1]
+    totals[3] += spent[2]
+    totals[4] += spent[3]
 
 
 def simulate(
@@ -249,7 +255,7 @@ def simulate(
         profile.copy_s(meta.expert_bytes),
         profile.layer_overhead_ms / 1e3,
         profile.cpu_slowdown_during_copy,
-        geometry.slots, placement == "fetch", totals, counts, layer_hits, layer_misses,
+        geometry.slots, MISS_PATHS[placement], totals, counts, layer_hits, layer_misses,
     )  # fmt: skip
     decode_s = float(totals[6])
     hits = int(layer_hits.sum())

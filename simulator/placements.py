@@ -12,13 +12,16 @@ import numpy as np
 from expertcache.errors import ConfigError
 from expertcache.simulator.cache import ExpertCache
 from expertcache.simulator.config import CacheConfig
+from expertcache.simulator.schedule import CPU_ONLY, GPU_ONLY, HYBRID
 
 PLACEMENTS = {
-    "cache": "expertcache: hits on the GPU, misses on the CPU while they are copied",
+    "cache": "expertcache: hits on the GPU, each miss on the CPU or copied to the GPU, whichever finishes first",
     "fetch": "on-demand fetching: every miss copied to the GPU and computed there (no CPU compute)",
     "static": "llama.cpp --n-cpu-moe: the experts of the last layers that fit stay on the GPU, the rest on the CPU",
     "cpu": "every expert on the CPU (llama.cpp --cpu-moe, Fiddler)",
 }
+MISS_PATHS = {"cache": HYBRID, "fetch": GPU_ONLY, "static": CPU_ONLY, "cpu": CPU_ONLY}
+"""Where each placement computes a miss (see ``schedule.split_misses``)."""
 
 
 class AllOnCpu:

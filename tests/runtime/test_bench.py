@@ -15,7 +15,7 @@ from expertcache.simulator.policies import get_policy
 def budget_for_slots(model_dir: str, slots: int, max_tokens: int) -> int:
     """The budget that leaves exactly ``slots`` expert slots (the plan's reserve is 4 % + 256 MiB)."""
     plan = plan_memory(AutoConfig.from_pretrained(model_dir), 2**40, max_tokens, torch.float32)
-    fixed = plan.dense_bytes + plan.kv_bytes + 256 * 2**20
+    fixed = plan.dense_bytes + plan.kv_bytes + plan.staging_bytes + 256 * 2**20
     budget = int((fixed + (slots + 0.5) * plan.expert_bytes) / 0.96)
     assert plan_memory(AutoConfig.from_pretrained(model_dir), budget, max_tokens, torch.float32).slots == slots
     return budget

@@ -11,13 +11,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from conftest import FAMILIES
 from expertcache.runtime.loader import load
 from expertcache.simulator.config import CacheConfig
-from expertcache.simulator.costs import load_profile
+from expertcache.simulator.costs import Profile, load_profile
+from expertcache.simulator.policies import get_policy
 
 DEVICE = os.environ.get("EXPERTCACHE_TEST_DEVICE", "cpu")
 """CI has no GPU; on a GPU machine the same tests run with EXPERTCACHE_TEST_DEVICE=cuda."""
 NEW_TOKENS = 12
 GEOMETRIES = [(2, 1), (3, 2), (1, 5)]  # a 1-way cache, a set-associative one, a fully associative one
 _reference: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+SPLIT = Profile(
+    name="split", expert_bytes=1_000_000, h2d_gbps=0.1, cpu_expert_ms={1: {1: 12.0}, 2: {1: 12.0}}, gpu_expert_ms={1: 0.1},
+    dense_ms={1: 1.0}, layer_overhead_ms=0.0,
+)
+"""Copy 10 ms + GPU 0.1 against CPU 12 ms: of two misses in a layer, one runs on each side."""
 
 
 def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +40,7 @@ def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def cached_generate(model_dir: str, config: CacheConfig, **load_args) -> tuple[torch.Tensor, object]:
     ids, _ = reference(model_dir)
+    load_args.setdefault("profile", SPLIT)
     model = load(model_dir, config=config, device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None, **load_args)
     model.expertcache.begin_request(0)
     out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
@@ -50,6 +57,7 @@ def test_greedy_tokens_equal_plain_transformers(model_dirs, family, policy):
         out, runtime = cached_generate(model_dir, CacheConfig(sets=sets, ways=ways, policy=policy, seed=7))
         assert torch.equal(out, expected), f"{family} {policy} {sets}x{ways}"
         assert runtime.stats.misses > 0 and runtime.stats.copies > 0
+        assert runtime.stats.fetched > 0 and runtime.stats.layer_cpu_s.sum() > 0  # both paths ran
 
 
 @pytest.mark.parametrize("policy", ["eta", "markov", "score"])
@@ -57,15 +65,19 @@ def test_bypassing_and_score_policies_keep_the_output(model_dirs, policy):
     model_dir = model_dirs("qwen2_moe")
     out, runtime = cached_generate(model_dir, CacheConfig(sets=2, ways=2, policy=policy))
     assert torch.equal(out, reference(model_dir)[1])
+    if get_policy(policy).may_bypass:  # misses not kept, some run on the GPU through staging slots
+        assert runtime.stats.bypassed > 0 and runtime.stats.staged > 0
 
 
-def test_prefill_misses_fetched_to_the_gpu_path_keep_the_output(model_dirs):
+def test_every_miss_on_the_gpu_path_keeps_the_output(model_dirs):
     model_dir = model_dirs("mixtral")
     fetch_always = load_profile("h100")
     fetch_always.cpu_expert_ms = {t: {n: ms * 1000 for n, ms in row.items()} for t, row in fetch_always.cpu_expert_ms.items()}
-    out, runtime = cached_generate(model_dir, CacheConfig(sets=4, ways=2, policy="lru"), profile=fetch_always)
+    out, runtime = cached_generate(model_dir, CacheConfig(sets=1, ways=2, policy="lru"), profile=fetch_always)
     assert torch.equal(out, reference(model_dir)[1])
-    assert runtime.stats.fetched > 0
+    # prefill: more misses per layer than slots, so misses evicted within the layer go through staging
+    assert runtime.stats.fetched > 0 and runtime.stats.layer_cpu_s.sum() == 0
+    assert runtime.stats.staged > 0
 
 
 def test_statistics_count_every_access(model_dirs):
@@ -95,7 +107,7 @@ def test_the_compared_placements_keep_the_output(model_dirs, placement):
     stats = model.expertcache.stats
     assert torch.equal(out, expected)
     if placement == "fetch":
-        assert stats.fetched == stats.copies > 0 and stats.layer_cpu_s.sum() == 0
+        assert stats.fetched == stats.copies + stats.staged and stats.copies > 0 and stats.layer_cpu_s.sum() == 0
     elif placement == "static":
         # 8 slots hold the 8 experts of the last of 3 layers: its accesses all hit, no copy ever
         assert stats.layer_hits.tolist()[:2] == [0, 0] and stats.layer_misses[2] == 0 and stats.copies == 0

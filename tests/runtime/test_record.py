@@ -120,7 +120,7 @@ def test_fewer_slots_than_top_k_is_refused(model_dirs):
     config = AutoConfig.from_pretrained(model_dirs("mixtral"))
     plan = plan_memory(config, 2**40, 64, torch.float32)
     # the reserve is 4 % of the budget + 256 MiB; leave room for one and a half experts
-    budget = int((plan.dense_bytes + plan.kv_bytes + 256 * 2**20 + 1.5 * plan.expert_bytes) / 0.96)
+    budget = int((plan.dense_bytes + plan.kv_bytes + plan.staging_bytes + 256 * 2**20 + 1.5 * plan.expert_bytes) / 0.96)
     with pytest.raises(ConfigError, match="room for 1 expert slots .* fewer than top_k = 2"):
         load(model_dirs("mixtral"), device="cpu", gpu_budget=budget, max_tokens=64)
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from conftest import decode_rows, tiny_meta, write_trace
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.schedule import CPU_ONLY, HYBRID, split_misses
 from expertcache.traces.io import read_trace
 
 EXPERT_BYTES = 1_000_000
@@ -33,14 +35,35 @@ def three_tokens(tmp_path):
 
 
 def test_a_miss_runs_on_the_cpu_while_its_copy_makes_the_next_token_hit(three_tokens):
-    result = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=5.0), threads=4)
-    # token 0: dense 1 + CPU 10 (copy done at 6 ms); tokens 1, 2: dense 1 + GPU 0.1
+    result = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=10.0), threads=4)
+    # token 0: dense 1 + CPU 10, sooner than copy 10 + GPU 0.1 (copy done at 11 ms);
+    # tokens 1, 2: dense 1 + GPU 0.1
     assert (result.hits, result.misses) == (2, 1)
     assert result.decode_s == pytest.approx((11.0 + 1.1 + 1.1) / 1e3)
     assert result.tokens_per_s == pytest.approx(3 / 13.2e-3)
     assert result.stall_s == pytest.approx(0.0)
     assert result.cpu_s == pytest.approx(10e-3)
-    assert result.pcie_busy_s == pytest.approx(5e-3)
+    assert result.pcie_busy_s == pytest.approx(10e-3)
+
+
+def test_a_miss_runs_on_the_gpu_when_its_copy_finishes_before_the_cpu_would(three_tokens):
+    result = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=5.0), threads=4)
+    # token 0: dense 1, copy 5, GPU 0.1 = 6.1 ms instead of 11 on the CPU
+    assert result.cpu_s == 0.0
+    assert result.decode_s == pytest.approx((6.1 + 1.1 + 1.1) / 1e3)
+
+
+def test_a_layers_misses_are_split_between_the_cpu_and_copies(tmp_path):
+    meta = tiny_meta(num_layers=1, num_experts=4, top_k=3, expert_bytes=EXPERT_BYTES)
+    replay = ReplayInput.from_trace(read_trace(write_trace(tmp_path / "t.parquet", meta, decode_rows([[[0, 1, 2]]]))))
+    result = simulate(replay, Geometry(1, 3), "lru", profile(copy_ms=6.0), threads=4)
+    # one token, three misses, all kept; copies from 1 ms (dense) on: expert 0 copied by 7, GPU
+    # done 7.1 < CPU 11 → GPU; expert 1 would be copied by 13 (GPU 13.1) > CPU 1 + 10 = 11 → CPU,
+    # its copy queued behind the ones the GPU waits for; expert 2 copied by 13, GPU 13.1 < CPU
+    # 11 + 10 = 21 → GPU; then expert 1's copy, 13 → 19
+    assert result.cpu_s == pytest.approx(10e-3)
+    assert result.decode_s == pytest.approx(13.1e-3)
+    assert result.pcie_busy_s == pytest.approx(18e-3)
 
 
 def test_a_hit_on_a_copy_still_in_flight_waits_for_it(three_tokens):
@@ -51,7 +74,7 @@ def test_a_hit_on_a_copy_still_in_flight_waits_for_it(three_tokens):
 
 
 def test_the_cpu_slows_down_while_a_copy_shares_memory_bandwidth(three_tokens):
-    slowed = profile(copy_ms=5.0)
+    slowed = profile(copy_ms=20.0)
     slowed.cpu_slowdown_during_copy = 1.5
     result = simulate(three_tokens, Geometry(1, 1), "lru", slowed, threads=4)
     assert result.cpu_s == pytest.approx(15e-3)
@@ -71,3 +94,20 @@ def test_prefill_sends_a_busy_expert_to_the_gpu_when_copying_is_faster(tmp_path)
     assert result.prefill_s == pytest.approx(7.1e-3)
     assert result.cpu_s == 0.0
     assert (result.hits, result.misses) == (7, 1)
+
+
+def test_a_bypassed_miss_on_the_cpu_leaves_the_link_free():
+    cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
+    on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
+    # two one-row misses the cache did not keep; ready at 1, copies take 6
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), HYBRID, 1.0, 1.0, 0.0,
+                                  cpu_s, gpu_s, 6.0, 1.5, on_gpu, copy_end, spent)  # fmt: skip
+    # first: staged copy 1→7, GPU 7.1 < CPU 1 + 15 (slowed by that copy) → GPU;
+    # second: copy 7→13, GPU 13.1 < CPU 1 + 15 = 16 → GPU as well
+    assert on_gpu.tolist() == [True, True] and copy_end.tolist() == [7.0, 13.0]
+    assert (gpu, cpu, link) == pytest.approx((13.1, 1.0, 13.0))
+    # never copied when the CPU is the only path, and the link stays where it was
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), CPU_ONLY, 1.0, 1.0, 0.0,
+                                  cpu_s, gpu_s, 6.0, 1.5, on_gpu, copy_end, spent)  # fmt: skip
+    assert on_gpu.tolist() == [False, False] and copy_end.tolist() == [-1.0, -1.0]
+    assert (gpu, cpu, link) == pytest.approx((1.0, 21.0, 0.0))
