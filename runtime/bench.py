@@ -106,6 +106,7 @@ def run_system(
         "roofline_tokens_per_s": bound.tokens_per_s, "predicted_tokens_per_s": predicted.tokens_per_s,
         "desktop_tokens_per_s": on_desktop.tokens_per_s,
         **{f"{source}_joules_per_token": value / generated for source, value in joules.items()},
+        "measured": stats.summary(), "simulated": predicted.summary(),
     }  # fmt: skip
     del model.expertcache, runtime
     if device.type == "cuda":

@@ -17,7 +17,6 @@ import torch
 
 from expertcache.runtime.experts import expert_ffn
 from expertcache.simulator.costs import Profile
-from expertcache.simulator.placements import AllOnCpu
 
 TOKEN_COUNTS = (1, 8, 64)
 GPU_TOKEN_COUNTS = (1, 8, 64, 512)
@@ -128,24 +127,19 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
 
 def _time_outside_experts(model, runtime) -> dict[int, float]:
     """Per layer, the wall time of forward passes minus their expert compute, by token count."""
-    cache, recorder = runtime.cache, runtime.recorder
-    runtime.cache, runtime.recorder = AllOnCpu(), None
     results = {}
-    try:
+    with runtime.every_expert_on_cpu():
         for tokens in (1, 64):
             ids = torch.randint(0, model.config.get_text_config().vocab_size, (1, tokens), device=runtime.device)
             samples = []
             for _ in range(3):
-                before = (runtime.stats.layer_cpu_s.sum(), runtime.stats.layer_gpu_s.sum())
+                before = runtime.stats.layer_cpu_s.sum()
                 runtime.begin_request(0)
                 started = time.perf_counter()
                 with torch.inference_mode():
                     model(ids)
                 runtime.end_pass()
                 wall = time.perf_counter() - started
-                expert = runtime.stats.layer_cpu_s.sum() - before[0] + runtime.stats.layer_gpu_s.sum() - before[1]
-                samples.append((wall - expert) / len(runtime.moe_layers))
+                samples.append((wall - (runtime.stats.layer_cpu_s.sum() - before)) / len(runtime.moe_layers))
             results[tokens] = 1e3 * statistics.median(samples[1:])
-    finally:
-        runtime.cache, runtime.recorder = cache, recorder
     return results

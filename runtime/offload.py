@@ -13,7 +13,8 @@ computes its share while the GPU computes and the link copies theirs.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +27,7 @@ from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.stats import RuntimeStats
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
-from expertcache.simulator.placements import MISS_PATHS, StaticPlacement, placement_decider
+from expertcache.simulator.placements import MISS_PATHS, AllOnCpu, StaticPlacement, placement_decider
 from expertcache.simulator.schedule import CPU_ONLY, split_misses
 
 IMPLEMENTATION = "expertcache"
@@ -115,6 +116,16 @@ class CachedExperts:
         self.routing: Routing | None = None  # trace-forced routing, when set
         for layer, module in layers:
             module._expertcache = (self, layer)
+
+    @contextmanager
+    def every_expert_on_cpu(self) -> Iterator[None]:
+        """Run every expert on the CPU and record nothing, for a while (calibration)."""
+        saved = self.cache, self._miss_path, self.recorder
+        self.cache, self._miss_path, self.recorder = AllOnCpu(), CPU_ONLY, None
+        try:
+            yield
+        finally:
+            self.cache, self._miss_path, self.recorder = saved
 
     # -- passes and requests ---------------------------------------------------------------
     def begin_request(self, request: int) -> None:
