@@ -1,17 +1,19 @@
 """Measure a cost Profile on this machine, for a loaded model's expert shape and dtype.
 
 Everything the simulator charges comes from here: pinned host-to-device bandwidth, CPU expert
-time by thread count and token count (and its slowdown while a copy shares memory bandwidth),
-GPU expert time by token count, and the time per layer outside expert compute (dense layers,
-routing, the runtime's own dispatch), measured by running the model itself.
+time by thread count and token count, GPU expert time by token count, how much CPU experts and
+copies slow each other, and the time per layer outside expert compute (dense layers, routing,
+the runtime's own dispatch), measured by running the model itself. CPU experts and copies cycle
+through every expert, as decode does.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -58,52 +60,41 @@ def thread_counts(cores: int | None = None) -> list[int]:
 def calibrate(model, name: str = "calibrated", threads: list[int] | None = None, repeats: int = 5, progress=None) -> Profile:
     """Measure a Profile with ``model`` (from ``expertcache.load`` or ``attach``)."""
     runtime = model.expertcache
-    layer = runtime.moe_layers[0]
-    module = runtime.layers[layer]
-    rows = runtime.host[layer]
+    module = runtime.layers[runtime.moe_layers[0]]
     layout = runtime.layout
     on_cuda = runtime.device.type == "cuda"
     hidden = model.config.get_text_config().hidden_size
     say = progress or (lambda message: None)
     saved_threads = torch.get_num_threads()
+    rows = _every_expert(runtime)
+
+    def cpu_expert(x: torch.Tensor) -> None:
+        expert_ffn(module, x, layout.views(next(rows)))
 
     say("host-to-device copies")
     slot = torch.empty(layout.numel, dtype=layout.dtype, device=runtime.device)
-    copy_s = _median_s(lambda: slot.copy_(rows[1], non_blocking=True), repeats, on_cuda)
+    copy_s = _median_s(lambda: slot.copy_(next(rows), non_blocking=True), repeats, on_cuda)
     h2d_gbps = layout.nbytes / copy_s / 1e9
 
     cpu_ms: dict[int, dict[int, float]] = {}
-    weights = layout.views(rows[0])
     for count in threads or thread_counts():
         say(f"CPU expert, {count} threads")
         torch.set_num_threads(count)
         cpu_ms[count] = {}
-        _keep_running(lambda: expert_ffn(module, torch.randn(1, hidden, dtype=layout.dtype), weights), WARM_UP_S)
+        _keep_running(lambda: cpu_expert(torch.randn(1, hidden, dtype=layout.dtype)), WARM_UP_S)
         for tokens in TOKEN_COUNTS:
             x = torch.randn(tokens, hidden, dtype=layout.dtype)
-            cpu_ms[count][tokens] = 1e3 * _median_s(lambda: expert_ffn(module, x, weights), repeats, False)
+            cpu_ms[count][tokens] = 1e3 * _median_s(lambda: cpu_expert(x), repeats, False)
     torch.set_num_threads(saved_threads)
 
-    slowdown = 1.0
+    cpu_slowdown = copy_slowdown = 1.0
     if on_cuda:
-        say("CPU expert while copies run")
-        stream = torch.cuda.Stream()
-        x = torch.randn(1, hidden, dtype=layout.dtype)
-        alone = _median_s(lambda: expert_ffn(module, x, weights), repeats, False)
-        under_copies = []
-        for _ in range(repeats):
-            with torch.cuda.stream(stream):  # a burst of copies much longer than one CPU expert
-                for source in range(rows.shape[0]):
-                    slot.copy_(rows[source], non_blocking=True)
-            started = time.perf_counter()
-            expert_ffn(module, x, weights)
-            under_copies.append(time.perf_counter() - started)
-            stream.synchronize()
-        slowdown = max(1.0, statistics.median(under_copies) / alone)
+        say("CPU experts and copies sharing memory")
+        cpu_slowdown, copy_slowdown = _contention(slot, rows, lambda: cpu_expert(torch.randn(1, hidden, dtype=layout.dtype)), repeats)
 
     say("GPU expert")
     device_weights = layout.views(slot)
-    slot.copy_(rows[0])
+    slot.copy_(next(rows))
     gpu_ms = {}
     for tokens in GPU_TOKEN_COUNTS:
         x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
@@ -119,10 +110,50 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         gpu_expert_ms=gpu_ms,
         dense_ms=dense_ms,
         layer_overhead_ms=0.0,
-        cpu_slowdown_during_copy=slowdown,
+        cpu_slowdown_during_copy=cpu_slowdown,
+        copy_slowdown_during_cpu=copy_slowdown,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores; dense_ms holds all time per layer outside expert compute (dispatch included)",
     )
+
+
+def _every_expert(runtime) -> Iterator[torch.Tensor]:
+    """Every routed expert's host row in turn, layers interleaved. Decode reads a different
+    expert each time, and how fast one is read depends on where its memory lies: on the lent
+    H100 host one expert read over and over ran up to 1.5x faster than decode's mix."""
+    layers = [runtime.host[layer] for layer in runtime.moe_layers]
+    return itertools.cycle([rows[expert] for expert in range(layers[0].shape[0]) for rows in layers])
+
+
+def _contention(slot: torch.Tensor, rows: Iterator[torch.Tensor], cpu_expert: Callable[[], None], repeats: int) -> tuple[float, float]:
+    """How much slower a CPU expert runs under a copy, and a copy under CPU experts (both read host memory)."""
+    stream = torch.cuda.Stream()
+
+    def timed_copy() -> tuple[torch.cuda.Event, torch.cuda.Event]:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        with torch.cuda.stream(stream):
+            start.record(stream)
+            slot.copy_(next(rows), non_blocking=True)
+            end.record(stream)
+        return start, end
+
+    cpu_alone, cpu_shared, copy_alone, copy_shared = [], [], [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        cpu_expert()
+        cpu_alone.append(time.perf_counter() - started)
+        start, end = timed_copy()
+        stream.synchronize()
+        copy_alone.append(start.elapsed_time(end))
+        start, end = timed_copy()
+        started = time.perf_counter()
+        cpu_expert()
+        cpu_shared.append(time.perf_counter() - started)
+        cpu_expert()  # keep the CPU busy for the whole copy
+        stream.synchronize()
+        copy_shared.append(start.elapsed_time(end))
+    median = statistics.median
+    return max(1.0, median(cpu_shared) / median(cpu_alone)), max(1.0, median(copy_shared) / median(copy_alone))
 
 
 def _time_outside_experts(model, runtime) -> dict[int, float]:

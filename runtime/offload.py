@@ -103,7 +103,7 @@ class CachedExperts:
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._copy_s = profile.copy_s(layout.nbytes)
-        self._slowdown = profile.cpu_slowdown_during_copy
+        self._slowdowns = profile.cpu_slowdown_during_copy, profile.copy_slowdown_during_cpu
         self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end
         self.step = -1
         self.request = 0
@@ -260,7 +260,7 @@ class CachedExperts:
         now = time.perf_counter()
         _, _, link_free = split_misses(
             rows, admitted, self._miss_path, 0.0, busy, max(0.0, self._link_free_at - now),
-            self._cpu_s, self._gpu_s, self._copy_s, self._slowdown, on_gpu, copy_end, np.zeros(4),
+            self._cpu_s, self._gpu_s, self._copy_s, *self._slowdowns, on_gpu, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free
         return on_gpu.tolist()

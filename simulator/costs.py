@@ -39,6 +39,7 @@ class Profile:
     dense_ms: dict[int, float]  # tokens → ms per decoder layer (attention, norms, router)
     layer_overhead_ms: float  # per MoE layer: dispatch, synchronisation, Python
     cpu_slowdown_during_copy: float = 1.0  # CPU expert time factor while a copy shares memory bandwidth
+    copy_slowdown_during_cpu: float = 1.0  # copy time factor while CPU experts share memory bandwidth
     notes: str = ""
 
     def __post_init__(self) -> None:
