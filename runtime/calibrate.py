@@ -99,6 +99,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     for tokens in GPU_TOKEN_COUNTS:
         x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
         gpu_ms[tokens] = 1e3 * _median_s(lambda: expert_ffn(module, x, device_weights), repeats, on_cuda)
+    x = torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device)
+    launch_ms = 1e3 * _median_s(lambda: expert_ffn(module, x, device_weights), repeats, False)  # host time only
 
     say("layers outside expert compute")
     dense_ms = _time_outside_experts(model, runtime)
@@ -112,6 +114,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         layer_overhead_ms=0.0,
         cpu_slowdown_during_copy=cpu_slowdown,
         copy_slowdown_during_cpu=copy_slowdown,
+        gpu_launch_ms=launch_ms,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores; dense_ms holds all time per layer outside expert compute (dispatch included)",
     )

@@ -28,7 +28,7 @@ from expertcache.runtime.stats import RuntimeStats
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.placements import MISS_PATHS, AllOnCpu, StaticPlacement, placement_decider
-from expertcache.simulator.schedule import CPU_ONLY, split_misses
+from expertcache.simulator.schedule import CPU_ONLY, rates_of, split_misses
 
 IMPLEMENTATION = "expertcache"
 PRICED_TOKENS = 4096
@@ -102,8 +102,7 @@ class CachedExperts:
         self.threads = threads
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
-        self._copy_s = profile.copy_s(layout.nbytes)
-        self._slowdowns = profile.cpu_slowdown_during_copy, profile.copy_slowdown_during_cpu
+        self._rates = rates_of(profile, layout.nbytes)
         self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end
         self.step = -1
         self.request = 0
@@ -259,8 +258,8 @@ class CachedExperts:
         busy = sum(self._gpu_s[min(job.rows, PRICED_TOKENS)] for job in resident)
         now = time.perf_counter()
         _, _, link_free = split_misses(
-            rows, admitted, self._miss_path, 0.0, busy, max(0.0, self._link_free_at - now),
-            self._cpu_s, self._gpu_s, self._copy_s, *self._slowdowns, on_gpu, copy_end, np.zeros(4),
+            rows, admitted, self._miss_path, 0.0, busy, max(0.0, self._link_free_at - now), len(resident),
+            self._cpu_s, self._gpu_s, self._rates, on_gpu, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free
         return on_gpu.tolist()

@@ -20,7 +20,7 @@ from expertcache.simulator.costs import Profile
 from expertcache.simulator.geometry import Geometry
 from expertcache.simulator.placements import MISS_PATHS, placement_decider
 from expertcache.simulator.policies import get_policy
-from expertcache.simulator.schedule import split_misses
+from expertcache.simulator.schedule import rates_of, split_misses
 from expertcache.traces.io import Trace
 from expertcache.traces.schema import TraceMeta
 
@@ -131,7 +131,7 @@ class SimResult:
 @njit(cache=True, error_model="numpy")
 def _charge_time(
     layer, expert, num_experts, hit, slot, group_start, group_tokens, group_decode,
-    cpu_s, gpu_s, dense_s, copy_s, overhead_s, cpu_slowdown, copy_slowdown, num_slots, miss_paths,
+    cpu_s, gpu_s, dense_s, rates, overhead_s, num_slots, miss_paths,
     totals, counts, layer_hits, layer_misses,
 ):  # fmt: skip
     """Price the cache's decisions, one (pass, layer) group at a time.
@@ -195,7 +195,7 @@ def _charge_time(
                 n_missed += 1
         gpu, cpu, link_free = split_misses(
             miss_tokens[:n_missed], miss_admitted[:n_missed], miss_paths, start + dense, gpu, link_free,
-            cpu_s, gpu_s, copy_s, cpu_slowdown, copy_slowdown, on_gpu, copy_end, spent,
+            n_touched - n_missed, cpu_s, gpu_s, rates, on_gpu, copy_end, spent,
         )  # fmt: skip
         for j in range(n_missed):
             if miss_admitted[j]:
@@ -252,10 +252,8 @@ def simulate(
         profile.cpu_table_s(threads, meta.expert_bytes, max_tokens),
         profile.gpu_table_s(meta.expert_bytes, max_tokens),
         profile.dense_table_s(max_tokens),
-        profile.copy_s(meta.expert_bytes),
+        rates_of(profile, meta.expert_bytes),
         profile.layer_overhead_ms / 1e3,
-        profile.cpu_slowdown_during_copy,
-        profile.copy_slowdown_during_cpu,
         geometry.slots, MISS_PATHS[placement], totals, counts, layer_hits, layer_misses,
     )  # fmt: skip
     decode_s = float(totals[6])

@@ -11,6 +11,7 @@ calls it with its clocks; the runtime with its own estimate of the link and the 
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
@@ -18,37 +19,52 @@ CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
 (expertcache), the GPU always (on-demand fetching)."""
 
 
+RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s")
+"""The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``)."""
+
+
+def rates_of(profile, expert_bytes: int) -> np.ndarray:
+    """``split_misses``' rates for a ``costs.Profile`` and an expert size."""
+    return np.array([profile.copy_s(expert_bytes), profile.cpu_slowdown_during_copy,
+                     profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3])  # fmt: skip
+
+
 @njit(cache=True, error_model="numpy")
-def split_misses(
-    tokens, admitted, mode, ready, gpu, link_free, cpu_s, gpu_s, copy_s, cpu_slowdown, copy_slowdown, on_gpu, copy_end, spent
-):
+def split_misses(tokens, admitted, mode, ready, gpu, link_free, launched, cpu_s, gpu_s, rates, on_gpu, copy_end, spent):
     """Place a layer's misses and advance the clocks; returns ``(gpu, cpu, link_free)``.
 
     ``tokens[j]``: rows of miss ``j``; ``admitted[j]``: the cache gave it a slot, so it is copied
-    whichever way it runs. ``ready``: when routing is known (CPU work and copies start no
-    earlier); ``gpu``: when the GPU path is free; ``link_free``: when queued copies end.
-    ``cpu_s``/``gpu_s``: seconds for one expert by row count. Copies and CPU experts both read
+    whichever way it runs. ``ready``: when routing is known; ``gpu``: when the GPU path is free;
+    ``link_free``: when queued copies end; ``launched``: GPU experts (the layer's hits) the host
+    queues first. ``cpu_s``/``gpu_s``: seconds for one expert by row count; ``rates``: see
+    ``RATES``. One host thread queues every GPU expert and its copy (``launch_s`` each) before it
+    computes the CPU's share, so GPU work delays the CPU path. Copies and CPU experts both read
     host memory: while both run, CPU experts take ``cpu_slowdown`` times as long and copies
-    ``copy_slowdown`` times. Copies that a GPU computation waits for go first; those of kept
-    misses computed on the CPU queue behind them.
+    ``copy_slowdown`` times. Copies a GPU computation waits for go first; those of kept misses
+    computed on the CPU queue behind them.
 
     Each miss is placed greedily where it would finish first, judged at its turn; then the
     layer is charged with every placement known (a copy is slowed when the layer has CPU work,
     which a later miss may add). Writes ``on_gpu[j]`` and ``copy_end[j]`` (-1 when not copied)
     and adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
     """
+    copy_s, cpu_slowdown, copy_slowdown, launch_s = rates[0], rates[1], rates[2], rates[3]
     count = len(tokens)
+    host = ready + launched * launch_s
     # decide
-    cpu, link, gpu_path, background = ready, max(link_free, ready), gpu, 0
+    cpu, issued, link, gpu_path, background = host, host, max(link_free, host), gpu, 0
     for j in range(count):
         n = tokens[j]
-        copied_at = link + copy_s * (copy_slowdown if cpu > link else 1.0)
+        starts = max(link, issued)
+        copied_at = starts + copy_s * (copy_slowdown if cpu > starts else 1.0)
         gpu_finish = max(gpu_path, copied_at) + gpu_s[n]
         copying = link > cpu or background > 0 or admitted[j]
         cpu_finish = cpu + cpu_s[n] * (cpu_slowdown if copying else 1.0)
         on_gpu[j] = mode == GPU_ONLY or (mode == HYBRID and gpu_finish < cpu_finish)
         if on_gpu[j]:
             gpu_path, link = gpu_finish, copied_at
+            issued += launch_s
+            cpu += launch_s
         else:
             cpu = cpu_finish
             background += admitted[j]
@@ -60,22 +76,24 @@ def split_misses(
         on_cpu += not on_gpu[j]
     copy_time = copy_s * (copy_slowdown if on_cpu > 0 else 1.0)
     cpu_time_factor = cpu_slowdown if copies > 0 or link_free > ready else 1.0
-    cpu, link = ready, max(link_free, ready)
+    link = max(link_free, ready)
     for j in range(count):
         n = tokens[j]
         copy_end[j] = -1.0
         if on_gpu[j]:
-            link += copy_time
+            link = max(link, host) + copy_time
+            host += launch_s
             copy_end[j] = link
             spent[3] += max(0.0, link - gpu)
             spent[1] += gpu_s[n]
             gpu = max(gpu, link) + gpu_s[n]
-        else:
-            spent[0] += cpu_s[n] * cpu_time_factor
-            cpu += cpu_s[n] * cpu_time_factor
+    cpu = host
     for j in range(count):
-        if admitted[j] and not on_gpu[j]:
-            link += copy_time
-            copy_end[j] = link
+        if not on_gpu[j]:
+            spent[0] += cpu_s[tokens[j]] * cpu_time_factor
+            cpu += cpu_s[tokens[j]] * cpu_time_factor
+            if admitted[j]:
+                link += copy_time
+                copy_end[j] = link
     spent[2] += copies * copy_time
     return gpu, cpu, link if copies else link_free
