@@ -99,8 +99,10 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     for tokens in GPU_TOKEN_COUNTS:
         x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
         gpu_ms[tokens] = 1e3 * _median_s(lambda: expert_ffn(module, x, device_weights), repeats, on_cuda)
-    x = torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device)
-    launch_ms = 1e3 * _median_s(lambda: expert_ffn(module, x, device_weights), repeats, False)  # host time only
+    x = torch.randn(4, hidden, dtype=layout.dtype, device=runtime.device)
+    row = torch.tensor([1], device=runtime.device)
+    runtime.pool.fill(0, next(rows))
+    launch_ms = 1e3 * _median_s(lambda: runtime.queue_gpu_expert(module, x[row], 0), repeats, False)  # host time only
 
     say("layers outside expert compute")
     dense_ms = _time_outside_experts(model, runtime)

@@ -256,9 +256,10 @@ class CachedExperts:
         admitted = np.array([job.slot >= 0 for job in missed])
         on_gpu, copy_end = np.zeros(len(missed), dtype=np.bool_), np.zeros(len(missed))
         busy = sum(self._gpu_s[min(job.rows, PRICED_TOKENS)] for job in resident)
+        launched = len(resident) * self._rates[3]
         now = time.perf_counter()
         _, _, link_free = split_misses(
-            rows, admitted, self._miss_path, 0.0, busy, max(0.0, self._link_free_at - now), len(resident),
+            rows, admitted, self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
             self._cpu_s, self._gpu_s, self._rates, on_gpu, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free
@@ -280,16 +281,21 @@ class CachedExperts:
             if copy_first:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
             waited = len(record.wait_events)
-            weights = self.layout.views(self.pool.acquire(job.slot, record.wait_events))
+            outputs[job.expert] = self.queue_gpu_expert(module, hidden[token_rows[job.start : job.end]], job.slot, record.wait_events)
             self.stats.copy_waits += len(record.wait_events) - waited
-            outputs[job.expert] = expert_ffn(module, hidden[token_rows[job.start : job.end]], weights)
-            self.pool.release(job.slot)
         if on_cuda:
             end = torch.cuda.Event(enable_timing=True)
             end.record()
             record.gpu_events.append((start, end))
         else:
             record.gpu_s += time.perf_counter() - started
+
+    def queue_gpu_expert(self, module: nn.Module, rows: torch.Tensor, slot: int, waits: list | None = None) -> torch.Tensor:
+        """The expert in ``slot`` applied to ``rows``, queued on the GPU after its copy lands
+        (``SlotPool.acquire``); what calibration times as the host's cost of one GPU expert."""
+        out = expert_ffn(module, rows, self.layout.views(self.pool.acquire(slot, waits)))
+        self.pool.release(slot)
+        return out
 
     def _run_on_cpu(self, module, record: LayerPass, hidden_cpu, token_rows: np.ndarray, jobs: list["ExpertJob"], outputs) -> None:
         if not jobs:

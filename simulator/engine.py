@@ -176,6 +176,7 @@ def _charge_time(
         start = clock
         dense = dense_s[group_tokens[g]]
         gpu = start + dense
+        host = gpu  # the host queues each GPU expert in turn
         n_missed = 0
         for j in range(n_touched):
             e = order[j]
@@ -186,7 +187,8 @@ def _charge_time(
             if hit[i]:
                 ready = max(gpu, copy_done[s])
                 spent[3] += ready - gpu
-                gpu = ready + gpu_s[n]
+                host += rates[3]
+                gpu = max(ready + gpu_s[n], host)
                 spent[1] += gpu_s[n]
             else:
                 miss_tokens[n_missed] = n
@@ -195,7 +197,7 @@ def _charge_time(
                 n_missed += 1
         gpu, cpu, link_free = split_misses(
             miss_tokens[:n_missed], miss_admitted[:n_missed], miss_paths, start + dense, gpu, link_free,
-            n_touched - n_missed, cpu_s, gpu_s, rates, on_gpu, copy_end, spent,
+            host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent,
         )  # fmt: skip
         for j in range(n_missed):
             if miss_admitted[j]:

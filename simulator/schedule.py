@@ -30,15 +30,15 @@ def rates_of(profile, expert_bytes: int) -> np.ndarray:
 
 
 @njit(cache=True, error_model="numpy")
-def split_misses(tokens, admitted, mode, ready, gpu, link_free, launched, cpu_s, gpu_s, rates, on_gpu, copy_end, spent):
+def split_misses(tokens, admitted, mode, ready, gpu, link_free, host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent):
     """Place a layer's misses and advance the clocks; returns ``(gpu, cpu, link_free)``.
 
     ``tokens[j]``: rows of miss ``j``; ``admitted[j]``: the cache gave it a slot, so it is copied
     whichever way it runs. ``ready``: when routing is known; ``gpu``: when the GPU path is free;
-    ``link_free``: when queued copies end; ``launched``: GPU experts (the layer's hits) the host
-    queues first. ``cpu_s``/``gpu_s``: seconds for one expert by row count; ``rates``: see
-    ``RATES``. One host thread queues every GPU expert and its copy (``launch_s`` each) before it
-    computes the CPU's share, so GPU work delays the CPU path. Copies and CPU experts both read
+    ``link_free``: when queued copies end; ``host``: when the host has queued the layer's hits.
+    ``cpu_s``/``gpu_s``: seconds for one expert by row count; ``rates``: see ``RATES``. One host
+    thread queues every GPU expert and its copy (``launch_s`` each) before it computes the CPU's
+    share, so GPU work delays the CPU path, and a GPU expert ends no sooner than it is queued. Copies and CPU experts both read
     host memory: while both run, CPU experts take ``cpu_slowdown`` times as long and copies
     ``copy_slowdown`` times. Copies a GPU computation waits for go first; those of kept misses
     computed on the CPU queue behind them.
@@ -50,14 +50,13 @@ def split_misses(tokens, admitted, mode, ready, gpu, link_free, launched, cpu_s,
     """
     copy_s, cpu_slowdown, copy_slowdown, launch_s = rates[0], rates[1], rates[2], rates[3]
     count = len(tokens)
-    host = ready + launched * launch_s
     # decide
     cpu, issued, link, gpu_path, background = host, host, max(link_free, host), gpu, 0
     for j in range(count):
         n = tokens[j]
         starts = max(link, issued)
         copied_at = starts + copy_s * (copy_slowdown if cpu > starts else 1.0)
-        gpu_finish = max(gpu_path, copied_at) + gpu_s[n]
+        gpu_finish = max(max(gpu_path, copied_at) + gpu_s[n], issued + launch_s)
         copying = link > cpu or background > 0 or admitted[j]
         cpu_finish = cpu + cpu_s[n] * (cpu_slowdown if copying else 1.0)
         on_gpu[j] = mode == GPU_ONLY or (mode == HYBRID and gpu_finish < cpu_finish)
@@ -86,7 +85,7 @@ def split_misses(tokens, admitted, mode, ready, gpu, link_free, launched, cpu_s,
             copy_end[j] = link
             spent[3] += max(0.0, link - gpu)
             spent[1] += gpu_s[n]
-            gpu = max(gpu, link) + gpu_s[n]
+            gpu = max(max(gpu, link) + gpu_s[n], host)
     cpu = host
     for j in range(count):
         if not on_gpu[j]:
