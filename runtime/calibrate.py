@@ -15,9 +15,11 @@ import statistics
 import time
 from collections.abc import Callable, Iterator
 
+import numpy as np
 import torch
 
 from expertcache.runtime.experts import expert_ffn
+from expertcache.simulator.placements import AllOnCpu
 from expertcache.simulator.costs import Profile
 
 TOKEN_COUNTS = (1, 8, 64)
@@ -105,7 +107,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     launch_ms = 1e3 * _median_s(lambda: runtime.queue_gpu_expert(module, x[row], 0), repeats, False)  # host time only
 
     say("layers outside expert compute")
-    dense_ms = _time_outside_experts(model, runtime)
+    dense_ms, cpu_overhead_ms = _time_outside_experts(model, runtime, launch_ms)
     return Profile(
         name=name,
         expert_bytes=layout.nbytes,
@@ -117,8 +119,9 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         cpu_slowdown_during_copy=cpu_slowdown,
         copy_slowdown_during_cpu=copy_slowdown,
         gpu_launch_ms=launch_ms,
+        cpu_path_overhead_ms=cpu_overhead_ms,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
-        f"{os.cpu_count()} cores; dense_ms holds all time per layer outside expert compute (dispatch included)",
+        f"{os.cpu_count()} cores; dense_ms holds all time per layer outside expert work (dispatch included)",
     )
 
 
@@ -161,21 +164,47 @@ def _contention(slot: torch.Tensor, rows: Iterator[torch.Tensor], cpu_expert: Ca
     return max(1.0, median(cpu_shared) / median(cpu_alone)), max(1.0, median(copy_shared) / median(copy_alone))
 
 
-def _time_outside_experts(model, runtime) -> dict[int, float]:
-    """Per layer, the wall time of forward passes minus their expert compute, by token count."""
-    results = {}
-    with runtime.every_expert_on_cpu():
-        for tokens in (1, 64):
-            ids = torch.randint(0, model.config.get_text_config().vocab_size, (1, tokens), device=runtime.device)
-            samples = []
-            for _ in range(3):
-                before = runtime.stats.layer_cpu_s.sum()
-                runtime.begin_request(0)
-                started = time.perf_counter()
-                with torch.inference_mode():
-                    model(ids)
-                runtime.end_pass()
-                wall = time.perf_counter() - started
-                samples.append((wall - (runtime.stats.layer_cpu_s.sum() - before)) / len(runtime.moe_layers))
-            results[tokens] = 1e3 * statistics.median(samples[1:])
-    return results
+class _EveryAccessHits:
+    """Stands in for the cache while calibrating: every access hits, in slot ``expert % slots``.
+    The outputs are wrong (layers share slots); the work and the dispatch are a resident run's."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+
+    def access_many(self, layers, experts, weights, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        slot = np.asarray(experts, dtype=np.int64) % self.slots
+        return np.ones(len(slot), dtype=np.bool_), slot, np.full(len(slot), -1, dtype=np.int64)
+
+
+def _time_outside_experts(model, runtime, launch_ms: float) -> tuple[dict[int, float], float]:
+    """Per layer and token count, the time outside expert work when every expert is resident
+    (wall time less queueing the experts); and what a layer pays on top for computing experts
+    on the CPU at all (its input to the host, the outputs back), from an all-CPU run's wall time
+    less its CPU expert time."""
+    resident: dict[int, float] = {}
+    on_cpu: dict[int, float] = {}
+    vocab = model.config.get_text_config().vocab_size
+    for tokens in (1, 64):
+        ids = torch.randint(0, vocab, (1, tokens), device=runtime.device)
+        accesses = tokens * runtime.top_k
+        with runtime.decided_by(_EveryAccessHits(runtime.pool.buffer.shape[0])):
+            resident[tokens] = _per_layer_ms(model, runtime, ids) - min(accesses, runtime.num_experts) * launch_ms
+        with runtime.decided_by(AllOnCpu()):
+            on_cpu[tokens] = _per_layer_ms(model, runtime, ids)
+    cpu_overhead = max(0.0, on_cpu[1] - resident[1])
+    return {tokens: max(ms, 0.0) for tokens, ms in resident.items()}, cpu_overhead
+
+
+def _per_layer_ms(model, runtime, ids: torch.Tensor) -> float:
+    """Median wall time per MoE layer of a forward pass, less its CPU expert time."""
+    samples = []
+    for _ in range(3):
+        before = runtime.stats.layer_cpu_s.sum()
+        runtime.begin_request(0)
+        started = time.perf_counter()
+        with torch.inference_mode():
+            model(ids)
+        runtime.end_pass()
+        wall = time.perf_counter() - started
+        samples.append((wall - (runtime.stats.layer_cpu_s.sum() - before)) / len(runtime.moe_layers))
+    return 1e3 * statistics.median(samples[1:])

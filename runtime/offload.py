@@ -27,7 +27,7 @@ from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.stats import RuntimeStats
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
-from expertcache.simulator.placements import MISS_PATHS, AllOnCpu, StaticPlacement, placement_decider
+from expertcache.simulator.placements import MISS_PATHS, StaticPlacement, placement_decider
 from expertcache.simulator.schedule import CPU_ONLY, rates_of, split_misses
 
 IMPLEMENTATION = "expertcache"
@@ -117,10 +117,11 @@ class CachedExperts:
             module._expertcache = (self, layer)
 
     @contextmanager
-    def every_expert_on_cpu(self) -> Iterator[None]:
-        """Run every expert on the CPU and record nothing, for a while (calibration)."""
+    def decided_by(self, decider) -> Iterator[None]:
+        """Let ``decider`` (an ``access_many`` face) decide every access, misses on the CPU, and
+        record nothing, for a while: calibration times the layers around fixed placements."""
         saved = self.cache, self._miss_path, self.recorder
-        self.cache, self._miss_path, self.recorder = AllOnCpu(), CPU_ONLY, None
+        self.cache, self._miss_path, self.recorder = decider, CPU_ONLY, None
         try:
             yield
         finally:

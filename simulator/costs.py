@@ -41,6 +41,7 @@ class Profile:
     cpu_slowdown_during_copy: float = 1.0  # CPU expert time factor while a copy shares memory bandwidth
     copy_slowdown_during_cpu: float = 1.0  # copy time factor while CPU experts share memory bandwidth
     gpu_launch_ms: float = 0.0  # host time to queue one GPU expert (the host queues them before CPU work)
+    cpu_path_overhead_ms: float = 0.0  # per layer computing any expert on the CPU: input to the host, outputs back
     notes: str = ""
 
     def __post_init__(self) -> None:

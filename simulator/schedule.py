@@ -19,14 +19,14 @@ CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
 (expertcache), the GPU always (on-demand fetching)."""
 
 
-RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s")
+RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s")
 """The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``)."""
 
 
 def rates_of(profile, expert_bytes: int) -> np.ndarray:
     """``split_misses``' rates for a ``costs.Profile`` and an expert size."""
     return np.array([profile.copy_s(expert_bytes), profile.cpu_slowdown_during_copy,
-                     profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3])  # fmt: skip
+                     profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3])  # fmt: skip
 
 
 @njit(cache=True, error_model="numpy")
@@ -40,7 +40,8 @@ def split_misses(tokens, admitted, mode, ready, gpu, link_free, host, cpu_s, gpu
     thread queues every GPU expert and its copy (``launch_s`` each) before it computes the CPU's
     share, so GPU work delays the CPU path, and a GPU expert ends no sooner than it is queued. Copies and CPU experts both read
     host memory: while both run, CPU experts take ``cpu_slowdown`` times as long and copies
-    ``copy_slowdown`` times. Copies a GPU computation waits for go first; those of kept misses
+    ``copy_slowdown`` times; a layer with any CPU work pays ``cpu_overhead_s`` once (its input
+    to the host, the outputs back). Copies a GPU computation waits for go first; those of kept misses
     computed on the CPU queue behind them.
 
     Each miss is placed greedily where it would finish first, judged at its turn; then the
@@ -48,17 +49,18 @@ def split_misses(tokens, admitted, mode, ready, gpu, link_free, host, cpu_s, gpu
     which a later miss may add). Writes ``on_gpu[j]`` and ``copy_end[j]`` (-1 when not copied)
     and adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
     """
-    copy_s, cpu_slowdown, copy_slowdown, launch_s = rates[0], rates[1], rates[2], rates[3]
+    copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s = rates[0], rates[1], rates[2], rates[3], rates[4]
     count = len(tokens)
     # decide
     cpu, issued, link, gpu_path, background = host, host, max(link_free, host), gpu, 0
+    first_on_cpu = True
     for j in range(count):
         n = tokens[j]
         starts = max(link, issued)
         copied_at = starts + copy_s * (copy_slowdown if cpu > starts else 1.0)
         gpu_finish = max(max(gpu_path, copied_at) + gpu_s[n], issued + launch_s)
         copying = link > cpu or background > 0 or admitted[j]
-        cpu_finish = cpu + cpu_s[n] * (cpu_slowdown if copying else 1.0)
+        cpu_finish = cpu + cpu_s[n] * (cpu_slowdown if copying else 1.0) + (cpu_overhead_s if first_on_cpu else 0.0)
         on_gpu[j] = mode == GPU_ONLY or (mode == HYBRID and gpu_finish < cpu_finish)
         if on_gpu[j]:
             gpu_path, link = gpu_finish, copied_at
@@ -67,6 +69,7 @@ def split_misses(tokens, admitted, mode, ready, gpu, link_free, host, cpu_s, gpu
         else:
             cpu = cpu_finish
             background += admitted[j]
+            first_on_cpu = False
     # charge
     copies = 0
     on_cpu = 0
@@ -86,7 +89,8 @@ def split_misses(tokens, admitted, mode, ready, gpu, link_free, host, cpu_s, gpu
             spent[3] += max(0.0, link - gpu)
             spent[1] += gpu_s[n]
             gpu = max(max(gpu, link) + gpu_s[n], host)
-    cpu = host
+    cpu = host + (cpu_overhead_s if on_cpu > 0 else 0.0)
+    spent[0] += cpu - host
     for j in range(count):
         if not on_gpu[j]:
             spent[0] += cpu_s[tokens[j]] * cpu_time_factor

@@ -139,3 +139,16 @@ def test_the_host_queues_gpu_work_before_it_computes_on_the_cpu():
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), HYBRID, 0.0, 0.3, 0.0, 0.0,
                                   cpu_s, gpu_s, np.array([0.5, 1.0, 1.0, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, False] and cpu == pytest.approx(1.0)
+
+
+def test_a_layer_with_cpu_work_pays_the_cpu_paths_overhead_once():
+    cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
+    on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
+    rates = np.array([6.0, 1.0, 1.0, 0.0, 0.5])
+    gpu, cpu, _ = split_misses(np.array([1, 1]), np.array([False, False]), CPU_ONLY, 1.0, 1.0, 0.0, 1.0,
+                               cpu_s, gpu_s, rates, on_gpu, copy_end, spent)  # fmt: skip
+    assert cpu == pytest.approx(1.0 + 0.5 + 20.0) and spent[0] == pytest.approx(20.5)
+    # a lone miss: copy 6 + GPU 0.1 against CPU 10 + 0.5; a cheaper CPU loses by its overhead alone
+    cheap = np.array([0.0, 6.0])
+    split_misses(np.array([1]), np.array([False]), HYBRID, 0.0, 0.0, 0.0, 0.0, cheap, gpu_s, rates, on_gpu, copy_end, spent)
+    assert on_gpu[0]
