@@ -27,6 +27,7 @@ from expertcache.runtime.record import Recorder
 from expertcache.runtime.synthetic import build_full_size, full_size_config
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.engine import ReplayInput, simulate
+from expertcache.simulator.geometry import geometries_for_slots
 from expertcache.traces.io import read_trace
 from expertcache.units import parse_bytes
 
@@ -36,7 +37,7 @@ def main() -> None:
     parser.add_argument("--shape", default="mixtral-8x7b")
     parser.add_argument("--budget", default="24GiB")
     parser.add_argument("--trace", required=True)
-    parser.add_argument("--policies", default="lru,fifo,eta")
+    parser.add_argument("--policies", default="lru,eta,markov")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
@@ -53,7 +54,7 @@ def main() -> None:
     print(json.dumps({"profile": profile.__dict__}), flush=True)
     trace = read_trace(args.trace)
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0)).cuda()
-    geometries = [(n, slots // n) for n in range(1, slots + 1) if slots % n == 0]
+    geometries = [(g.sets, g.ways) for g in geometries_for_slots(slots, top_k)]
     if len(geometries) > 8:
         geometries = [geometries[round(i * (len(geometries) - 1) / 7)] for i in range(8)]
     # one untimed generation first: CUDA kernels, cuBLAS handles and numba code load here, not in run 1
