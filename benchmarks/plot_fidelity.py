@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-MARKERS = {"lru": "o", "fifo": "s", "eta": "^"}
+MARKERS = "o^sDvP"
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     fig, axes = plt.subplots(1, len(args.results), figsize=(5 * len(args.results), 4.6), squeeze=False, constrained_layout=True)
     for ax, path in zip(axes[0], args.results):
         rows = json.loads(Path(path).read_text())["rows"]
-        for policy, marker in MARKERS.items():
+        for policy, marker in zip(dict.fromkeys(r["policy"] for r in rows), MARKERS):
             mine = [r for r in rows if r["policy"] == policy]
             ax.scatter([r["measured_tokens_per_s"] for r in mine], [r["predicted_tokens_per_s"] for r in mine], marker=marker, label=policy)
         low = min(min(r["measured_tokens_per_s"], r["predicted_tokens_per_s"]) for r in rows) * 0.9
