@@ -260,7 +260,7 @@ class CachedExperts:
         launched = len(resident) * self._rates[3]
         now = time.perf_counter()
         _, _, link_free = split_misses(
-            rows, admitted, self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
+            rows, admitted, len(rows), self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
             self._cpu_s, self._gpu_s, self._rates, on_gpu, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free

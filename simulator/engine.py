@@ -196,7 +196,7 @@ def _charge_time(
                 miss_slot[n_missed] = s
                 n_missed += 1
         gpu, cpu, link_free = split_misses(
-            miss_tokens[:n_missed], miss_admitted[:n_missed], miss_paths, start + dense, gpu, link_free,
+            miss_tokens, miss_admitted, n_missed, miss_paths, start + dense, gpu, link_free,
             host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent,
         )  # fmt: skip
         for j in range(n_missed):

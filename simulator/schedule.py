@@ -29,11 +29,11 @@ def rates_of(profile, expert_bytes: int) -> np.ndarray:
                      profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3])  # fmt: skip
 
 
-@njit(cache=True, error_model="numpy")
-def split_misses(tokens, admitted, mode, ready, gpu, link_free, host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent):
+@njit(cache=True, error_model="numpy", inline="always")
+def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent):
     """Place a layer's misses and advance the clocks; returns ``(gpu, cpu, link_free)``.
 
-    ``tokens[j]``: rows of miss ``j``; ``admitted[j]``: the cache gave it a slot, so it is copied
+    ``tokens[j]``: rows of miss ``j`` (``j < count``); ``admitted[j]``: the cache gave it a slot, so it is copied
     whichever way it runs. ``ready``: when routing is known; ``gpu``: when the GPU path is free;
     ``link_free``: when queued copies end; ``host``: when the host has queued the layer's hits.
     ``cpu_s``/``gpu_s``: seconds for one expert by row count; ``rates``: see ``RATES``. One host
@@ -50,7 +50,6 @@ def split_misses(tokens, admitted, mode, ready, gpu, link_free, host, cpu_s, gpu
     and adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
     """
     copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s = rates[0], rates[1], rates[2], rates[3], rates[4]
-    count = len(tokens)
     # decide
     cpu, issued, link, gpu_path, background = host, host, max(link_free, host), gpu, 0
     first_on_cpu = True

@@ -100,14 +100,14 @@ def test_a_bypassed_miss_on_the_cpu_leaves_the_link_free():
     cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
     on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
     # two one-row misses the cache did not keep; ready at 1, copies take 6
-    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), HYBRID, 1.0, 1.0, 0.0, 1.0,
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 1.0, 1.0, 0.0, 1.0,
                                   cpu_s, gpu_s, np.array([6.0, 1.5, 1.0, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
     # first: staged copy 1→7, GPU 7.1 < CPU 1 + 15 (slowed by that copy) → GPU;
     # second: copy 7→13, GPU 13.1 < CPU 1 + 15 = 16 → GPU as well
     assert on_gpu.tolist() == [True, True] and copy_end.tolist() == [7.0, 13.0]
     assert (gpu, cpu, link) == pytest.approx((13.1, 1.0, 13.0))
     # never copied when the CPU is the only path, and the link stays where it was
-    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), CPU_ONLY, 1.0, 1.0, 0.0, 1.0,
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, CPU_ONLY, 1.0, 1.0, 0.0, 1.0,
                                   cpu_s, gpu_s, np.array([6.0, 1.5, 1.0, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [False, False] and copy_end.tolist() == [-1.0, -1.0]
     assert (gpu, cpu, link) == pytest.approx((1.0, 21.0, 0.0))
@@ -118,7 +118,7 @@ def test_a_copy_is_slowed_while_the_cpu_computes_in_the_same_layer():
     on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
     # miss 0 is copied (7.1 < 11); miss 1 then runs on the CPU, so the layer's copy shares
     # memory with CPU work: charged 6 x 1.5 = 9, the CPU 10 x 1.2 = 12
-    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), HYBRID, 1.0, 1.0, 0.0, 1.0,
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 1.0, 1.0, 0.0, 1.0,
                                   cpu_s, gpu_s, np.array([6.0, 1.2, 1.5, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, False]
     assert (gpu, cpu, link) == pytest.approx((10.1, 13.0, 10.0))
@@ -131,12 +131,12 @@ def test_the_host_queues_gpu_work_before_it_computes_on_the_cpu():
     # ready at 0 with 3 hits to queue at 0.2 each: the CPU can start at 0.6. Miss 0: copied 0.6 →
     # 1.1, GPU 1.2 < CPU 1.6 → GPU, queued by 0.8; miss 1: copied 1.1 → 1.6, GPU 1.7 < CPU 0.8 + 1
     # = 1.8 → GPU too; the host is done queueing at 1.0
-    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), HYBRID, 0.0, 0.3, 0.0, 0.6,
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.3, 0.0, 0.6,
                                   cpu_s, gpu_s, np.array([0.5, 1.0, 1.0, 0.2]), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, True] and copy_end.tolist() == pytest.approx([1.1, 1.6])
     assert (gpu, cpu, link) == pytest.approx((1.7, 1.0, 1.6))
     # queueing for free, the second miss runs on the CPU instead (done at 1.0, before its GPU 1.1)
-    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), HYBRID, 0.0, 0.3, 0.0, 0.0,
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.3, 0.0, 0.0,
                                   cpu_s, gpu_s, np.array([0.5, 1.0, 1.0, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, False] and cpu == pytest.approx(1.0)
 
@@ -145,10 +145,10 @@ def test_a_layer_with_cpu_work_pays_the_cpu_paths_overhead_once():
     cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
     on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
     rates = np.array([6.0, 1.0, 1.0, 0.0, 0.5])
-    gpu, cpu, _ = split_misses(np.array([1, 1]), np.array([False, False]), CPU_ONLY, 1.0, 1.0, 0.0, 1.0,
+    gpu, cpu, _ = split_misses(np.array([1, 1]), np.array([False, False]), 2, CPU_ONLY, 1.0, 1.0, 0.0, 1.0,
                                cpu_s, gpu_s, rates, on_gpu, copy_end, spent)  # fmt: skip
     assert cpu == pytest.approx(1.0 + 0.5 + 20.0) and spent[0] == pytest.approx(20.5)
     # a lone miss: copy 6 + GPU 0.1 against CPU 10 + 0.5; a cheaper CPU loses by its overhead alone
     cheap = np.array([0.0, 6.0])
-    split_misses(np.array([1]), np.array([False]), HYBRID, 0.0, 0.0, 0.0, 0.0, cheap, gpu_s, rates, on_gpu, copy_end, spent)
+    split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0, cheap, gpu_s, rates, on_gpu, copy_end, spent)
     assert on_gpu[0]
