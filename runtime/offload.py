@@ -253,10 +253,10 @@ class CachedExperts:
         """For each miss, whether it runs on the GPU after its copy, timed from now."""
         if not missed:
             return []
-        rows = np.array([min(job.rows, PRICED_TOKENS) for job in missed], dtype=np.int64)
+        rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
         admitted = np.array([job.slot >= 0 for job in missed])
         on_gpu, copy_end = np.zeros(len(missed), dtype=np.bool_), np.zeros(len(missed))
-        busy = sum(self._gpu_s[min(job.rows, PRICED_TOKENS)] for job in resident)
+        busy = sum(self._gpu_s[min(job.row_count, PRICED_TOKENS)] for job in resident)
         launched = len(resident) * self._rates[3]
         now = time.perf_counter()
         _, _, link_free = split_misses(
@@ -319,7 +319,7 @@ class ExpertJob:
     end: int
 
     @property
-    def rows(self) -> int:
+    def row_count(self) -> int:
         return self.end - self.start
 
 
