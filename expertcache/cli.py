@@ -390,6 +390,65 @@ def calibrate(model_path, shape, layers, device, thread_list, repeats, trust_rem
 
 
 @main.command()
+@click.option("--model", "model_path", required=True, type=click.Path(), help="Local Hugging Face model directory.")
+@click.option("--prompt", help="One prompt to record.")
+@click.option("--prompt-file", type=click.Path(), help="A file with one prompt per line, like your workload's.")
+@click.option("--n-prompts", type=int, help="Use only the first K prompts of --prompt-file.")
+@click.option("--max-tokens", type=int, default=64, show_default=True, help="New tokens per prompt while recording.")
+@click.option("--gpu-budget", help="Everything on the GPU: dense weights, KV cache, slots, e.g. 24GiB. [default: free GPU memory]")
+@click.option("--threads", "thread_list", help="Comma-separated CPU thread counts to measure and sweep. [default: 1, 2, 4, ... all cores]")
+@click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
+@click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code.")
+@click.option("--out-dir", default="tuned", show_default=True, type=click.Path(file_okay=False), help="Where trace.parquet, profile.json and best-config.json go.")
+def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thread_list, device, trust_remote_code, out_dir) -> None:
+    """Record a short trace, calibrate this machine and sweep, in one command: the configuration
+    for `expertcache run --config OUT_DIR/best-config.json`.
+
+    Same as `record`, `calibrate --model` and `sweep --profile` one after the other, with the
+    budget's slots as the sweep's.
+    """
+    from transformers import AutoTokenizer
+
+    from expertcache.runtime.calibrate import calibrate as measure
+    from expertcache.runtime.generate import generate_prompts, read_prompts
+    from expertcache.runtime.record import Recorder
+    from expertcache.simulator.geometry import geometries_for_slots
+    from expertcache.simulator.policies import POLICIES
+    from expertcache.simulator.sweep import best_config, candidates, rank, run_sweep
+
+    prompts = read_prompts(prompt, prompt_file, n_prompts)
+    threads = [int(t) for t in thread_list.split(",")] if thread_list else None
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = _load_for_cli(model_path, None, None, None, None, None, gpu_budget, device, None, max_tokens, trust_remote_code)
+    runtime = model.expertcache
+
+    click.echo(f"recording {len(prompts)} prompt(s) x {max_tokens} tokens", err=True)
+    runtime.recorder = Recorder(out / "trace.parquet", runtime, model_name=Path(model_path).name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        generate_prompts(model, tokenizer, prompts, max_tokens, stream=False)
+    finally:
+        runtime.recorder.close()
+    runtime.recorder = None
+
+    profile = measure(model, name="tuned", threads=threads, progress=lambda m: click.echo(f"measuring {m}", err=True))
+    profile.to_json(out / "profile.json")
+
+    online = [name for name, policy in POLICIES.items() if not policy.offline_only]
+    todo = candidates(geometries_for_slots(runtime.config.slots, runtime.top_k), online, profile.thread_counts)
+    with click.progressbar(length=len(todo), label="simulating", file=sys.stderr) as bar:
+        results = run_sweep([out / "trace.parquet"], todo, profile, on_progress=bar.update)
+    ranked = rank(results)
+    best = best_config(ranked, runtime.config.budget_bytes)
+    best.to_json(out / "best-config.json")
+    for i, row in ranked.head(5).reset_index(drop=True).iterrows():
+        click.echo(f"{i + 1:>4} {row.sets:>5} x {row.ways:<4} {row.policy:<7} {row.threads:>3} threads  hit rate {row.hit_rate:6.1%}  {row.tokens_per_s:8.2f} tokens/s")
+    click.echo(f"best     {best.sets} sets x {best.ways} ways, {best.policy}, {best.threads} threads -> {out / 'best-config.json'}")
+    click.echo(f"run it   expertcache run --model {model_path} --config {out / 'best-config.json'} --prompt ...")
+
+
+@main.command()
 @click.option("--model", "model_path", type=click.Path(), help="Local model directory to bench.")
 @click.option("--synthetic", "shape", type=click.Choice(["mixtral-8x7b", "phi-3.5-moe", "olmoe-1b-7b", "qwen3-30b-a3b"]), help="A full-size architecture with synthesized weights instead.")
 @click.option("--layers", type=int, help="Build only this many decoder layers of --synthetic. [default: all]")

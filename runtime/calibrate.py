@@ -60,7 +60,10 @@ def thread_counts(cores: int | None = None) -> list[int]:
 
 
 def calibrate(model, name: str = "calibrated", threads: list[int] | None = None, repeats: int = 5, progress=None) -> Profile:
-    """Measure a Profile with ``model`` (from ``expertcache.load`` or ``attach``)."""
+    """Measure a Profile with ``model`` (from ``expertcache.load`` or ``attach``).
+
+    The cache's slots and state are left as they were, so the model generates the same afterwards.
+    """
     runtime = model.expertcache
     module = runtime.layers[runtime.moe_layers[0]]
     layout = runtime.layout
@@ -101,10 +104,13 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     for tokens in GPU_TOKEN_COUNTS:
         x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
         gpu_ms[tokens] = 1e3 * _median_s(lambda: expert_ffn(module, x, device_weights), repeats, on_cuda)
-    x = torch.randn(4, hidden, dtype=layout.dtype, device=runtime.device)
-    row = torch.tensor([1], device=runtime.device)
-    runtime.pool.fill(0, next(rows))
-    launch_ms = 1e3 * _median_s(lambda: runtime.queue_gpu_expert(module, x[row], 0), repeats, False)  # host time only
+    launch_ms = 0.0
+    if runtime.scratch_slot is not None:  # a staging slot: the cache's own slots keep their experts
+        x = torch.randn(4, hidden, dtype=layout.dtype, device=runtime.device)
+        row = torch.tensor([1], device=runtime.device)
+        runtime.pool.fill(runtime.scratch_slot, next(rows))
+        scratch = runtime.scratch_slot
+        launch_ms = 1e3 * _median_s(lambda: runtime.queue_gpu_expert(module, x[row], scratch), repeats, False)  # host time only
 
     say("layers outside expert compute")
     dense_ms, cpu_overhead_ms = _time_outside_experts(model, runtime, launch_ms)

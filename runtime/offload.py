@@ -116,6 +116,11 @@ class CachedExperts:
         for layer, module in layers:
             module._expertcache = (self, layer)
 
+    @property
+    def scratch_slot(self) -> int | None:
+        """A slot no cache state refers to (a staging slot), or None when there is none."""
+        return self._staging[0] if self._staging else None
+
     @contextmanager
     def decided_by(self, decider) -> Iterator[None]:
         """Let ``decider`` (an ``access_many`` face) decide every access, misses on the CPU, and
