@@ -25,7 +25,11 @@ from expertcache.units import parse_bytes
 
 
 def timed_generate(model, ids, new_tokens: int) -> tuple[torch.Tensor, float, float]:
-    """(tokens, prefill seconds, decode tokens/s), timing one step and the rest apart."""
+    """(tokens, prefill seconds, decode tokens/s), timing one step and the rest apart, after an
+    untimed warm-up (first-call costs such as kernel selection and JIT compilation would
+    otherwise land in the one-step run and be subtracted from the decode)."""
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=2, do_sample=False)
     torch.cuda.synchronize()
     started = time.perf_counter()
     with torch.inference_mode():
