@@ -33,16 +33,18 @@ def rates_of(profile, expert_bytes: int) -> np.ndarray:
 def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent):
     """Place a layer's misses and advance the clocks; returns ``(gpu, cpu, link_free)``.
 
-    ``tokens[j]``: rows of miss ``j`` (``j < count``); ``admitted[j]``: the cache gave it a slot, so it is copied
-    whichever way it runs. ``ready``: when routing is known; ``gpu``: when the GPU path is free;
-    ``link_free``: when queued copies end; ``host``: when the host has queued the layer's hits.
-    ``cpu_s``/``gpu_s``: seconds for one expert by row count; ``rates``: see ``RATES``. One host
-    thread queues every GPU expert and its copy (``launch_s`` each) before it computes the CPU's
-    share, so GPU work delays the CPU path, and a GPU expert ends no sooner than it is queued. Copies and CPU experts both read
-    host memory: while both run, CPU experts take ``cpu_slowdown`` times as long and copies
-    ``copy_slowdown`` times; a layer with any CPU work pays ``cpu_overhead_s`` once (its input
-    to the host, the outputs back). Copies a GPU computation waits for go first; those of kept misses
-    computed on the CPU queue behind them.
+    ``tokens[j]``: rows of miss ``j`` (``j < count``); ``admitted[j]``: the cache gave it a
+    slot, so it is copied whichever way it runs. ``ready``: when routing is known; ``gpu``: when
+    the GPU path is free; ``link_free``: when queued copies end; ``host``: when the host has
+    queued the layer's hits. ``cpu_s``/``gpu_s``: seconds for one expert by row count;
+    ``rates``: see ``RATES``.
+
+    One host thread queues every GPU expert and its copy (``launch_s`` each) before it computes
+    the CPU's share, so GPU work delays the CPU path, and a GPU expert ends no sooner than it is
+    queued. Copies and CPU experts both read host memory: while both run, CPU experts take
+    ``cpu_slowdown`` times as long and copies ``copy_slowdown`` times. A layer with any CPU work
+    pays ``cpu_overhead_s`` once (its input to the host, the outputs back). Copies a GPU
+    computation waits for go first; those of kept misses computed on the CPU queue behind them.
 
     Each miss is placed greedily where it would finish first, judged at its turn; then the
     layer is charged with every placement known (a copy is slowed when the layer has CPU work,
