@@ -247,6 +247,7 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
     click.echo(f"\ncache    {config.sets} sets x {config.ways} ways, {config.policy}, {runtime.threads} CPU threads, device {runtime.device}")
     click.echo(f"decode   {stats.decode_tokens_per_s:.2f} tokens/s ({stats.decode_tokens} tokens); prefill {stats.prefill_tokens} tokens in {stats.prefill_s:.2f} s")
     click.echo(f"experts  hit rate {stats.hit_rate:.1%} ({stats.hits:,} hits, {stats.misses:,} misses, {stats.copies:,} copies, {stats.bypassed:,} not cached)")
+    click.echo(f"misses   {stats.fetched:,} experts computed on the GPU after a copy ({stats.staged:,} through staging slots), the rest on the CPU")
     click.echo(f"time     CPU experts {stats.layer_cpu_s.sum():.2f} s, GPU experts {stats.layer_gpu_s.sum():.2f} s, copy waits {stats.copy_wait_s:.3f} s ({stats.copy_waits})")
 
 
