@@ -3,6 +3,7 @@ a killed recording reads back; the CLI commands run for real."""
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -93,6 +94,7 @@ def test_run_and_record_commands(model_dirs, tmp_path):
                               "--config", str(tmp_path / "best.json"), "--device", "cpu"), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "2 sets x 3 ways, lfu" in run.stdout and "tokens/s" in run.stdout and "hit rate" in run.stdout
+    assert re.search(r"misses   \d+ experts computed on the GPU after a copy", run.stdout)
     (tmp_path / "prompts.txt").write_text("first prompt\n\nsecond prompt\nthird prompt\n")
     record = subprocess.run(_cli("record", "--model", model_dir, "--prompt-file", str(tmp_path / "prompts.txt"), "--n-prompts", "2",
                                  "--max-tokens", "4", "--device", "cpu", "--hide-response", "--trace", str(tmp_path / "r.parquet")),
