@@ -459,10 +459,11 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--requests", type=int, default=2, show_default=True)
 @click.option("--prompt-tokens", type=int, default=16, show_default=True, help="Random prompt tokens per request.")
 @click.option("--new-tokens", type=int, default=32, show_default=True, help="Greedy new tokens per request.")
+@click.option("--rounds", type=int, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run.")
 @click.option("--threads", type=int, help="CPU threads for experts on the CPU. [default: all cores but one]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the profile, the choice and every row as JSON.")
-def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, threads, device, out_path) -> None:
+def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path) -> None:
     """Run expertcache and the systems users would pick instead side by side, one budget, one run.
 
     Calibrates this machine, lets the simulator choose expertcache's configuration, then runs
@@ -482,6 +483,8 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     if (model_path is None) == (shape is None):
         raise ConfigError("give exactly one of --model and --synthetic")  # before reading any config
     check_systems(systems.split(","))
+    if rounds < 1:
+        raise ConfigError("--rounds must be at least 1")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for but this machine has no CUDA GPU; pass --device cpu")
@@ -510,13 +513,14 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     setup = BenchSetup(
         slots=min(plan.slots, plan.all_experts), all_slots=plan_memory(hf_config, whole, max_tokens, dtype).slots, budget_bytes=budget,
         trace_path=Path(trace_path) if trace_path else None, requests=requests, prompt_tokens=prompt_tokens,
-        new_tokens=new_tokens, threads=threads,
+        new_tokens=new_tokens, threads=threads, rounds=rounds,
     )  # fmt: skip
     profile, chosen, rows = run_bench(model, host, top_k, systems.split(","), setup, say=lambda m: click.echo(m, err=True))
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}"
     click.echo(f"\n{shape or Path(model_path).name}, budget {budget_text} ({plan.slots} slots), routing from "
                f"{Path(trace_path).name if trace_path else 'the model'}, {requests} requests x {prompt_tokens} prompt + "
-               f"{new_tokens} new tokens, {threads} CPU threads; {machine}\n")  # fmt: skip
+               f"{new_tokens} new tokens, {threads} CPU threads"
+               f"{f', median of {rounds} interleaved rounds' if rounds > 1 else ''}; {machine}\n")  # fmt: skip
     click.echo(format_table(rows))
     if out_path:
         from dataclasses import asdict

@@ -54,6 +54,7 @@ class BenchSetup:
     prompt_tokens: int = 16
     new_tokens: int = 32
     threads: int = 1
+    rounds: int = 1  # every system once per round, rounds one after another; each row is its median run
 
 
 def check_systems(systems: list[str]) -> None:
@@ -136,7 +137,7 @@ def run_bench(
             run_system(model, host, top_k, "expertcache", CacheConfig(sets=1, ways=setup.slots, policy="markov"), setup, profile, choice_trace)
         chosen = choose_config(choice_trace, setup, top_k, profile)
         say(f"simulator's choice: {chosen.sets} x {chosen.ways}, {chosen.policy}")
-        rows = []
+        configs = {}
         for system in systems:
             if system == "gpu":
                 num_experts = len(next(iter(host.values())))
@@ -144,14 +145,23 @@ def run_bench(
                 if setup.all_slots < needed:
                     say(f"gpu: skipped, the device holds {setup.all_slots} of the {needed} experts")
                     continue
-                config = CacheConfig(sets=1, ways=needed, policy="lru")
-            elif system == "expertcache":
-                config = chosen
+                configs[system] = CacheConfig(sets=1, ways=needed, policy="lru")
             else:
-                config = CacheConfig(sets=1, ways=setup.slots, policy="lru")
-            say(f"running {system}")
-            rows.append(run_system(model, host, top_k, system, config, setup, profile, workdir / f"{system}.parquet"))
-    return profile, chosen, rows
+                configs[system] = chosen if system == "expertcache" else CacheConfig(sets=1, ways=setup.slots, policy="lru")
+        # interleaved rounds: a machine whose speed drifts during the bench biases no system
+        runs: dict[str, list[dict]] = {system: [] for system in configs}
+        for round_ in range(setup.rounds):
+            for system, config in configs.items():
+                say(f"running {system}" + (f", round {round_ + 1} of {setup.rounds}" if setup.rounds > 1 else ""))
+                record_path = workdir / f"{system}-{round_}.parquet"
+                runs[system].append(run_system(model, host, top_k, system, config, setup, profile, record_path))
+    return profile, chosen, [_median_run(system_runs) for system_runs in runs.values()]
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median decode speed (the lower one of an even count), with every run's speed."""
+    ordered = sorted(runs, key=lambda row: row["decode_tokens_per_s"])
+    return {**ordered[(len(ordered) - 1) // 2], "decode_tokens_per_s_runs": [row["decode_tokens_per_s"] for row in runs]}
 
 
 def format_table(rows: list[dict]) -> str:

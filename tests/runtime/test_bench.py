@@ -25,9 +25,9 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
     model_dir = model_dirs("mixtral")  # 3 layers x 8 experts, top-2
     budget = budget_for_slots(model_dir, 9, max_tokens=4 + 3 + 8)
     result = run_cli("bench", "--model", model_dir, "--budget", str(budget), "--device", "cpu", "--requests", "2",
-                     "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--out", str(tmp_path / "b.json"))  # fmt: skip
+                     "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--rounds", "2", "--out", str(tmp_path / "b.json"))  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "expertcache is" in result.stdout and "(9 slots)" in result.stdout
+    assert "expertcache is" in result.stdout and "(9 slots)" in result.stdout and "median of 2 interleaved rounds" in result.stdout
     document = json.loads((tmp_path / "b.json").read_text())
     rows = {row["system"]: row for row in document["rows"]}
     assert list(rows) == ["expertcache", "fetch", "static", "cpu", "gpu"]
@@ -40,9 +40,16 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
     assert rows["fetch"]["copies"] > 0
     for row in rows.values():
         assert row["decode_tokens_per_s"] > 0 and row["roofline_tokens_per_s"] > 0 and row["desktop_tokens_per_s"] > 0
+        assert len(row["decode_tokens_per_s_runs"]) == 2 and row["decode_tokens_per_s"] == min(row["decode_tokens_per_s_runs"])
+    assert "round 2 of 2" in result.stderr
 
 
 def test_bench_refuses_an_unknown_system_before_building_anything(model_dirs):
     result = run_cli("bench", "--model", model_dirs("mixtral"), "--budget", "1GiB", "--device", "cpu", "--systems", "expertcache,vllm")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip() == "error: unknown system 'vllm'; known: expertcache, fetch, static, cpu, gpu"
+
+
+def test_bench_refuses_zero_rounds(model_dirs):
+    result = run_cli("bench", "--model", model_dirs("mixtral"), "--budget", "1GiB", "--device", "cpu", "--rounds", "0")
+    assert result.returncode == 2 and result.stderr.strip() == "error: --rounds must be at least 1"
