@@ -413,9 +413,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
     from expertcache.runtime.calibrate import calibrate as measure
     from expertcache.runtime.generate import generate_prompts, read_prompts
     from expertcache.runtime.record import Recorder
-    from expertcache.simulator.geometry import geometries_for_slots
-    from expertcache.simulator.policies import POLICIES
-    from expertcache.simulator.sweep import best_config, candidates, rank, run_sweep
+    from expertcache.simulator.sweep import best_config, rank, run_sweep, runnable_candidates
 
     prompts = read_prompts(prompt, prompt_file, n_prompts)
     threads = [int(t) for t in thread_list.split(",")] if thread_list else None
@@ -436,8 +434,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
     profile = measure(model, name="tuned", threads=threads, progress=lambda m: click.echo(f"measuring {m}", err=True))
     profile.to_json(out / "profile.json")
 
-    online = [name for name, policy in POLICIES.items() if not policy.offline_only]
-    todo = candidates(geometries_for_slots(runtime.config.slots, runtime.top_k), online, profile.thread_counts)
+    todo = runnable_candidates(runtime.config.slots, runtime.top_k, profile.thread_counts)
     with click.progressbar(length=len(todo), label="simulating", file=sys.stderr) as bar:
         results = run_sweep([out / "trace.parquet"], todo, profile, on_progress=bar.update)
     ranked = rank(results)

@@ -26,10 +26,8 @@ from expertcache.runtime.record import Recorder
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
 from expertcache.simulator.engine import ReplayInput, simulate
-from expertcache.simulator.geometry import geometries_for_slots
-from expertcache.simulator.policies import POLICIES
 from expertcache.simulator.roofline import roofline
-from expertcache.simulator.sweep import best_config, candidates, rank, run_sweep
+from expertcache.simulator.sweep import best_config, rank, run_sweep, runnable_candidates
 from expertcache.traces.io import read_trace
 
 SYSTEMS = {
@@ -65,8 +63,7 @@ def check_systems(systems: list[str]) -> None:
 
 def choose_config(trace_path: Path, setup: BenchSetup, top_k: int, profile: Profile) -> CacheConfig:
     """The runnable configuration the simulator predicts fastest on ``trace_path`` for ``profile``."""
-    online = [name for name, policy in POLICIES.items() if not policy.offline_only]
-    todo = candidates(geometries_for_slots(setup.slots, top_k), online, [setup.threads])
+    todo = runnable_candidates(setup.slots, top_k, [setup.threads])
     ranked = rank(run_sweep([trace_path], todo, profile, executor="serial"))
     return best_config(ranked, setup.budget_bytes)
 

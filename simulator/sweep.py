@@ -19,8 +19,8 @@ from expertcache.errors import ConfigError
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
-from expertcache.simulator.geometry import Geometry
-from expertcache.simulator.policies import get_policy
+from expertcache.simulator.geometry import Geometry, geometries_for_slots
+from expertcache.simulator.policies import POLICIES, get_policy
 from expertcache.traces.io import read_trace
 
 EXECUTORS = ("process", "serial", "ray")
@@ -38,6 +38,13 @@ def candidates(geometries: Sequence[Geometry], policies: Sequence[str], threads:
     for name in policies:
         get_policy(name)
     return [Candidate(g.sets, g.ways, p, t) for g, p, t in product(geometries, policies, threads)]
+
+
+def runnable_candidates(slots: int, top_k: int, threads: Sequence[int]) -> list[Candidate]:
+    """Every geometry of ``slots`` × every policy the runtime can run (not the offline bounds) × ``threads``:
+    what a machine's configuration is chosen from."""
+    online = [name for name, policy in POLICIES.items() if not policy.offline_only]
+    return candidates(geometries_for_slots(slots, top_k), online, threads)
 
 
 def _evaluate(replays: Sequence[ReplayInput], profile: Profile, candidate: Candidate) -> list[dict]:
