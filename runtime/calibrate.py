@@ -105,11 +105,11 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
         gpu_ms[tokens] = 1e3 * _median_s(lambda: expert_ffn(module, x, device_weights), repeats, on_cuda)
     launch_ms = 0.0
-    if runtime.scratch_slot is not None:  # a staging slot: the cache's own slots keep their experts
+    scratch = runtime.scratch_slot
+    if scratch is not None:  # a staging slot: the cache's own slots keep their experts
         x = torch.randn(4, hidden, dtype=layout.dtype, device=runtime.device)
         row = torch.tensor([1], device=runtime.device)
-        runtime.pool.fill(runtime.scratch_slot, next(rows))
-        scratch = runtime.scratch_slot
+        runtime.pool.fill(scratch, next(rows))
         launch_ms = 1e3 * _median_s(lambda: runtime.queue_gpu_expert(module, x[row], scratch), repeats, False)  # host time only
 
     say("layers outside expert compute")
@@ -187,17 +187,16 @@ def _time_outside_experts(model, runtime, launch_ms: float) -> tuple[dict[int, f
     (wall time less queueing the experts); and what a layer pays on top for computing experts
     on the CPU at all (its input to the host, the outputs back), from an all-CPU run's wall time
     less its CPU expert time."""
-    resident: dict[int, float] = {}
-    on_cpu: dict[int, float] = {}
     vocab = model.config.get_text_config().vocab_size
+    resident: dict[int, float] = {}
     for tokens in (1, 64):
         ids = torch.randint(0, vocab, (1, tokens), device=runtime.device)
         accesses = tokens * runtime.top_k
         with runtime.decided_by(_EveryAccessHits(runtime.pool.buffer.shape[0])):
             resident[tokens] = _per_layer_ms(model, runtime, ids) - min(accesses, runtime.num_experts) * launch_ms
-        with runtime.decided_by(AllOnCpu()):
-            on_cpu[tokens] = _per_layer_ms(model, runtime, ids)
-    cpu_overhead = max(0.0, on_cpu[1] - resident[1])
+    with runtime.decided_by(AllOnCpu()):  # one token: the overhead is per layer, not per row
+        on_cpu = _per_layer_ms(model, runtime, torch.randint(0, vocab, (1, 1), device=runtime.device))
+    cpu_overhead = max(0.0, on_cpu - resident[1])
     return {tokens: max(ms, 0.0) for tokens, ms in resident.items()}, cpu_overhead
 
 
