@@ -17,6 +17,9 @@ from numba import njit
 
 from expertcache.errors import ConfigError
 from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.markov import (
+    add_expert, later_visit_reuse, model_version, new_markov_arrays, next_visit_reuse, refresh_evidence, start_visit,
+)  # fmt: skip
 from expertcache.simulator.policies import BELADY, DEFAULT_DECAY, ETA, LFU, LRU, MARKOV, RANDOM, SCORE, get_policy
 
 NEVER = np.float64(2.0**62)
@@ -38,12 +41,14 @@ class CacheState:
     stamp: np.ndarray = field(init=False)  # float64[slots]: the policy's priority
     tie: np.ndarray = field(init=False)  # float64[slots]: last use, breaks priority ties
     location: np.ndarray = field(init=False)  # int64[K]: slot of a key, -1 if absent
-    key_stat: np.ndarray = field(init=False)  # float64[K]: decayed score / frequency per key
-    key_step: np.ndarray = field(init=False)  # int64[K]: forward pass that last updated key_stat
+    key_stat: np.ndarray = field(init=False)  # float64[K]: decayed score / frequency per key (markov: its eta)
+    key_step: np.ndarray = field(init=False)  # int64[K]: forward pass that last updated key_stat (markov: model version)
     layer_step: np.ndarray = field(init=False)  # int64[num_layers]: last pass that visited a layer
     counters: np.ndarray = field(init=False)  # int64[2]: access clock, random-number state
-    transitions: np.ndarray = field(init=False)  # float64[K, E + 2], markov only: see _learn_transition
-    visit_sets: np.ndarray = field(init=False)  # int64[num_layers, 2E + 3], markov only: see _learn_transition
+    likelihood: np.ndarray = field(init=False)  # markov only, these four: see markov.new_markov_arrays
+    layer_counts: np.ndarray = field(init=False)
+    recent: np.ndarray = field(init=False)
+    evidence: np.ndarray = field(init=False)
 
     slots: int = 0
     seed: int = 0
@@ -59,16 +64,17 @@ class CacheState:
         self.layer_step = np.full(len(self.layer_ordinal), -1, dtype=np.int64)
         self.counters = np.array([0, (self.seed * 0x9E3779B97F4A7C15 + 1) & 0x7FFFFFFFFFFFFFFF or 1], dtype=np.int64)
         learns = self.policy == MARKOV
-        experts = self.num_experts
-        self.transitions = np.zeros((num_keys, experts + 2) if learns else (0, 0), dtype=np.float64)
-        self.visit_sets = np.zeros((len(self.layer_ordinal), 2 * experts + 3) if learns else (0, 0), dtype=np.int64)
+        self.likelihood, self.layer_counts, self.recent, self.evidence = new_markov_arrays(
+            self.num_moe_layers if learns else 0, self.num_experts if learns else 0, num_keys if learns else 0
+        )
 
     def args(self) -> tuple:
         """The positional arguments of ``access_sequence`` that describe this cache."""
         return (
             self.policy, self.ways, self.set_of_key, self.layer_ordinal, self.num_experts,
             self.num_moe_layers, self.decay, self.tags, self.stamp, self.tie, self.location,
-            self.key_stat, self.key_step, self.layer_step, self.counters, self.transitions, self.visit_sets,
+            self.key_stat, self.key_step, self.layer_step, self.counters, self.likelihood, self.layer_counts,
+            self.recent, self.evidence,
         )  # fmt: skip
 
 
@@ -99,59 +105,10 @@ def new_state(
     )
 
 
-@njit(cache=True, inline="always")
-def _learn_transition(transitions, visit_sets, layer, expert, new_visit, num_experts):
-    """Count, per layer, which experts follow which from one visit of the layer to the next.
-
-    ``visit_sets[layer]`` holds [visits, size of the current visit's set, size of the previous
-    one, the current set's experts (E entries), the previous set's (E entries)]. Row
-    ``layer * E + a`` of ``transitions`` holds, for expert a of that layer: in column e, how
-    often e was used at the visit after one that used a; in column E, how many visits that used
-    a have had a next visit; in column E + 1, how many visits used a.
-    """
-    sets = visit_sets[layer]
-    row0 = layer * num_experts
-    if new_visit:
-        sets[0] += 1
-        for j in range(sets[1]):
-            sets[3 + num_experts + j] = sets[3 + j]
-            transitions[row0 + sets[3 + j], num_experts] += 1.0
-        sets[2] = sets[1]
-        sets[1] = 0
-    for j in range(sets[1]):
-        if sets[3 + j] == expert:
-            return
-    sets[3 + sets[1]] = expert
-    sets[1] += 1
-    transitions[row0 + expert, num_experts + 1] += 1.0
-    for j in range(sets[2]):
-        transitions[row0 + sets[3 + num_experts + j], expert] += 1.0
-
-
-@njit(cache=True, inline="always")
-def _transition_reuse(transitions, visit_sets, key, num_experts):
-    """P(key's expert is used at its layer's next visit | the experts of the layer's latest visit).
-
-    The mean over that visit's experts a of the counted share of visits after a that used the
-    expert; each share starts from the expert's own share of the layer's visits (which starts
-    from one in E), so rare predecessors fall back on plain frequency.
-    """
-    layer = key // num_experts
-    sets = visit_sets[layer]
-    prior = (transitions[key, num_experts + 1] + 1.0 / num_experts) / (sets[0] + 1.0)
-    if sets[1] == 0:
-        return prior
-    total = 0.0
-    for j in range(sets[1]):
-        row = layer * num_experts + sets[3 + j]
-        total += (transitions[row, key - layer * num_experts] + prior) / (transitions[row, num_experts] + 1.0)
-    return total / sets[1]
-
-
 @njit(cache=True, error_model="numpy")
 def access_sequence(
     policy, ways, set_of_key, layer_ordinal, num_experts, num_moe_layers, decay,
-    tags, stamp, tie, location, key_stat, key_step, layer_step, counters, transitions, visit_sets,
+    tags, stamp, tie, location, key_stat, key_step, layer_step, counters, likelihood, layer_counts, recent, evidence,
     layer, expert, weight, step, next_use, hit_out, slot_out, evicted_out,
 ):  # fmt: skip
     """Look up and update the cache for accesses ``i = 0 .. len(layer) - 1``, in order.
@@ -173,10 +130,12 @@ def access_sequence(
         if policy == MARKOV and (i == 0 or layer[i] != layer[i - 1] or step[i] != step[i - 1]):
             # The router has chosen all of this visit's experts before any of them runs: learn
             # from the whole visit first, so that every decision in it sees the same set.
-            new_visit = layer_step[layer[i]] != step[i]
+            here = layer_ordinal[layer[i]]
+            if layer_step[layer[i]] != step[i]:
+                start_visit(likelihood, layer_counts, recent, evidence, here, tags, layer_ordinal, num_experts)
             j = i
             while j < len(layer) and layer[j] == layer[i] and step[j] == step[i]:
-                _learn_transition(transitions, visit_sets, layer[i], expert[j], new_visit and j == i, num_experts)
+                add_expert(likelihood, layer_counts, recent, evidence, here, expert[j], tags, layer_ordinal, num_experts)
                 j += 1
         layer_step[layer[i]] = step[i]
         if policy == SCORE:
@@ -233,11 +192,21 @@ def access_sequence(
                     distance = (layer_ordinal[k_layer] - here) % cycle
                     if distance == 0:
                         distance = cycle
-                    if policy == MARKOV:
-                        q = max(_transition_reuse(transitions, visit_sets, k, num_experts), 1e-9)
+                    if policy == MARKOV and key_step[k] == model_version(recent):
+                        eta = key_stat[k]  # nothing learned since it was last priced
+                    elif policy == MARKOV:  # the next visit from every layer's latest, later ones from its own
+                        o = layer_ordinal[k_layer]
+                        e = k - k_layer * num_experts
+                        if s < base:  # the newcomer's evidence is kept only while it is cached
+                            refresh_evidence(likelihood, layer_counts, recent, evidence, k, distance, layer_ordinal, num_experts)
+                        q = max(next_visit_reuse(layer_counts, evidence, k, o, e, num_experts), 1e-9)
+                        later = max(later_visit_reuse(likelihood, layer_counts, recent, o, e, distance, num_experts), 1e-9)
+                        eta = distance + (1.0 - q) * cycle / later
+                        key_stat[k] = eta
+                        key_step[k] = model_version(recent)
                     else:
                         q = max(key_stat[k] * decay ** np.float64(layer_step[k_layer] - key_step[k]), 1e-9)
-                    eta = distance + (1.0 - q) * cycle / q
+                        eta = distance + (1.0 - q) * cycle / q
                     if s < base:
                         newcomer = eta
                     elif eta > worst or (eta == worst and tie[s] < tie[chosen]):
@@ -279,6 +248,9 @@ class ExpertCache:
     """The cache core behind a Python face, for callers that decide one access at a time.
 
     >>> from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.markov import (
+    add_expert, later_visit_reuse, model_version, new_markov_arrays, next_visit_reuse, refresh_evidence, start_visit,
+)  # fmt: skip
     >>> cache = ExpertCache(Geometry(sets=2, ways=1), "lru", num_layers=1, num_experts=4)
     >>> cache.access(0, 3), cache.access(0, 3).hit
     (AccessResult(hit=False, slot=1, evicted=-1), True)

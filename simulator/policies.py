@@ -44,7 +44,7 @@ POLICIES: dict[str, Policy] = {
         Policy(
             "markov",
             MARKOV,
-            "expected time to next use, reuse learned per layer as expert-to-expert transitions; may bypass (online)",
+            "expected time to next use, predicted from every layer's latest experts (learned online); may bypass",
             True,
         ),
         Policy("belady", BELADY, "offline optimum: keep what is used soonest, may bypass (simulator only)", True, True),
