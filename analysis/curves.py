@@ -7,9 +7,10 @@ import numpy as np
 from expertcache.simulator.costs import load_profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.policies import POLICIES
 from expertcache.traces.io import Trace
 
-DEFAULT_POLICIES = ("lru", "fifo", "lfu", "random", "score", "eta", "belady")
+DEFAULT_POLICIES = tuple(POLICIES)
 
 
 def capacities_for(trace: Trace, points: int = 10) -> list[int]:

@@ -12,8 +12,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-POLICY_COLORS = {"lru": "#1f77b4", "fifo": "#ff7f0e", "lfu": "#2ca02c", "random": "#9467bd", "score": "#8c564b",
-                 "eta": "#d62728", "belady": "#000000"}  # fmt: skip
+from expertcache.simulator.policies import DEFAULT_POLICY, POLICIES  # noqa: E402
+
+POLICY_COLORS = {name: ("#000000" if POLICIES[name].offline_only else plt.get_cmap("tab10")(i)) for i, name in enumerate(POLICIES)}
+"""One colour per policy, the same in every figure; the offline bound in black."""
 
 
 def _panels(count: int, width: float = 5.0, height: float = 3.8) -> tuple[Figure, list]:
@@ -76,7 +78,7 @@ def hit_rate_vs_capacity(curves: dict[str, dict[str, list[tuple[int, float]]]]) 
         for policy, points in by_policy.items():
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", ms=3, label=policy, color=POLICY_COLORS.get(policy),
-                    ls="--" if policy == "belady" else "-", lw=2 if policy in ("belady", "eta") else 1.2)  # fmt: skip
+                    ls="--" if policy == "belady" else "-", lw=2 if policy in ("belady", DEFAULT_POLICY) else 1.2)  # fmt: skip
         ax.set(title=name, xlabel="expert slots (fully associative)", ylabel="decode hit rate", ylim=(0, 1))
         ax.legend(fontsize=8)
     return fig

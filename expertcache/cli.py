@@ -215,6 +215,7 @@ def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budg
     from expertcache.errors import ConfigError
     from expertcache.runtime.loader import load
     from expertcache.simulator.config import CacheConfig
+    from expertcache.simulator.policies import DEFAULT_POLICY
     from expertcache.units import parse_bytes
 
     if config_path and (sets or ways):
@@ -227,7 +228,7 @@ def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budg
         if policy:
             config.policy = policy
     elif sets is not None:
-        config = CacheConfig(sets=sets, ways=ways, policy=policy or "markov")
+        config = CacheConfig(sets=sets, ways=ways, policy=policy or DEFAULT_POLICY)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_bytes(gpu_budget) if gpu_budget else None
     return load(model_path, config=config, device=device, gpu_budget=budget, max_tokens=max_tokens + 4096,

@@ -25,6 +25,7 @@ from expertcache.runtime.loader import attach
 from expertcache.runtime.record import Recorder
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
+from expertcache.simulator.policies import DEFAULT_POLICY
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.roofline import roofline
 from expertcache.simulator.sweep import best_config, rank, run_sweep, runnable_candidates
@@ -131,7 +132,7 @@ def run_bench(
         if choice_trace is None:  # the model's own routing: record one run to choose from
             say("recording a trace to choose from")
             choice_trace = workdir / "choice.parquet"
-            run_system(model, host, top_k, "expertcache", CacheConfig(sets=1, ways=setup.slots, policy="markov"), setup, profile, choice_trace)
+            run_system(model, host, top_k, "expertcache", CacheConfig(sets=1, ways=setup.slots, policy=DEFAULT_POLICY), setup, profile, choice_trace)
         chosen = choose_config(choice_trace, setup, top_k, profile)
         say(f"simulator's choice: {chosen.sets} x {chosen.ways}, {chosen.policy}")
         configs = {}

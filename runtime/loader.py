@@ -20,6 +20,7 @@ from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExp
 from expertcache.runtime.pinned import host_rows
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
+from expertcache.simulator.policies import DEFAULT_POLICY
 from expertcache.units import format_bytes
 
 DEFAULT_WAYS = 8
@@ -125,7 +126,7 @@ def plan_memory(config, budget_bytes: int, max_tokens: int, dtype: torch.dtype, 
     )
 
 
-def default_config(plan: MemoryPlan, policy: str = "markov") -> CacheConfig:
+def default_config(plan: MemoryPlan, policy: str = DEFAULT_POLICY) -> CacheConfig:
     """The largest geometry that fits: every slot used, up to one per expert."""
     slots = min(plan.slots, plan.all_experts)
     ways = min(DEFAULT_WAYS, slots)

@@ -14,6 +14,9 @@ from expertcache.errors import ConfigError
 
 LRU, FIFO, LFU, RANDOM, SCORE, BELADY, ETA, MARKOV = range(8)
 
+DEFAULT_POLICY = "markov"
+"""The policy used where none is named: the best online policy on the real traces (BENCHMARKS.md)."""
+
 DEFAULT_DECAY = 0.95
 """Per-forward-pass decay of the score and eta statistics: a half-life of about 14 passes."""
 

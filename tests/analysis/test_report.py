@@ -10,7 +10,9 @@ import numpy as np
 import pandas as pd
 
 from conftest import run_cli
+from expertcache.analysis.curves import hit_rate_curves
 from expertcache.analysis.report import analyze
+from expertcache.simulator.policies import POLICIES
 from expertcache.traces.io import read_trace, sample_trace_path
 from expertcache.traces.synthetic import synthetic_trace
 
@@ -69,3 +71,9 @@ def test_analyze_bad_input_is_one_line(tmp_path):
     (tmp_path / "x.csv").write_text("a,b\n1,2\n")
     result = run_cli("analyze", "--out", str(tmp_path / "o"), "--sweep", str(tmp_path / "x.csv"))
     assert result.returncode == 2 and "not the results of" in result.stderr
+
+
+def test_hit_rate_curves_cover_every_policy_by_default():
+    curves = hit_rate_curves(read_trace(sample_trace_path()), capacities=[2, 8])
+    assert list(curves) == list(POLICIES)
+    assert all([slots for slots, _ in points] == [2, 8] for points in curves.values())
