@@ -12,36 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM
 
+from expertcache.runtime.generate import timed_generate
 from expertcache.runtime.loader import load
 from expertcache.runtime.synthetic import save_full_size
 from expertcache.simulator.config import CacheConfig
 from expertcache.units import parse_bytes
-
-
-def timed_generate(model, ids, new_tokens: int) -> tuple[torch.Tensor, float, float]:
-    """(tokens, prefill seconds, decode tokens/s), timing one step and the rest apart, after an
-    untimed warm-up (first-call costs such as kernel selection and JIT compilation would
-    otherwise land in the one-step run and be subtracted from the decode)."""
-    with torch.inference_mode():
-        model.generate(ids, max_new_tokens=2, do_sample=False)
-    torch.cuda.synchronize()
-    started = time.perf_counter()
-    with torch.inference_mode():
-        model.generate(ids, max_new_tokens=1, do_sample=False)
-    torch.cuda.synchronize()
-    prefill_s = time.perf_counter() - started
-    started = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    torch.cuda.synchronize()
-    total = time.perf_counter() - started
-    return out, prefill_s, (new_tokens - 1) / max(total - prefill_s, 1e-9)
 
 
 def main() -> None:

@@ -453,7 +453,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--layers", type=int, help="Build only this many decoder layers of --synthetic. [default: all]")
 @click.option("--budget", "budget_text", required=True, help="GPU memory for everything (dense weights, KV cache, slots), e.g. 24GiB.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Force every system's routing from this trace. [default: the model's routers]")
-@click.option("--systems", default=",".join(["expertcache", "fetch", "static", "cpu", "gpu"]), show_default=True, help="Comma-separated systems to run (expertcache, fetch, static, cpu, gpu).")
+@click.option("--systems", default=",".join(["expertcache", "fetch", "static", "cpu", "gpu", "accelerate"]), show_default=True, help="Comma-separated systems to run; accelerate (transformers + accelerate offload) runs once, after the rounds, and needs the bench extra.")
 @click.option("--requests", type=int, default=2, show_default=True)
 @click.option("--prompt-tokens", type=int, default=16, show_default=True, help="Random prompt tokens per request.")
 @click.option("--new-tokens", type=int, default=32, show_default=True, help="Greedy new tokens per request.")

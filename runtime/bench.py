@@ -10,6 +10,8 @@ expertcache configuration is the one the simulator ranks first for this machine.
 
 from __future__ import annotations
 
+import importlib.util
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from expertcache.errors import ConfigError
 from expertcache.runtime.calibrate import calibrate
 from expertcache.runtime.energy import EnergyMeter
 from expertcache.runtime.forced import TraceRouting
+from expertcache.runtime.generate import timed_generate
 from expertcache.runtime.loader import attach
 from expertcache.runtime.record import Recorder
 from expertcache.simulator.config import CacheConfig
@@ -37,6 +40,7 @@ SYSTEMS = {
     "static": "llama.cpp --n-cpu-moe: the last layers' experts on the GPU, the rest on the CPU",
     "cpu": "every expert on the CPU (llama.cpp --cpu-moe, Fiddler)",
     "gpu": "every expert on the GPU, where the device holds them all (the upper bound)",
+    "accelerate": "transformers + accelerate offload (device_map='auto', max_memory): layers past the budget copied every pass",
 }
 DESKTOP = "desktop-4090"
 
@@ -54,12 +58,15 @@ class BenchSetup:
     new_tokens: int = 32
     threads: int = 1
     rounds: int = 1  # every system once per round, rounds one after another; each row is its median run
+    accelerate_tokens: int = 8  # new tokens of accelerate's one request: at seconds per token, enough to time it
 
 
 def check_systems(systems: list[str]) -> None:
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
         raise ConfigError(f"unknown system '{unknown[0]}'; known: {', '.join(SYSTEMS)}")
+    if "accelerate" in systems and importlib.util.find_spec("accelerate") is None:
+        raise ConfigError("system 'accelerate' needs the accelerate package: pip install 'expertcache[bench]'")
 
 
 def choose_config(trace_path: Path, setup: BenchSetup, top_k: int, profile: Profile) -> CacheConfig:
@@ -137,6 +144,8 @@ def run_bench(
         say(f"simulator's choice: {chosen.sets} x {chosen.ways}, {chosen.policy}")
         configs = {}
         for system in systems:
+            if system == "accelerate":
+                continue  # after the rounds: it takes the host copies of the experts over
             if system == "gpu":
                 num_experts = len(next(iter(host.values())))
                 needed = len(host) * num_experts
@@ -153,7 +162,31 @@ def run_bench(
                 say(f"running {system}" + (f", round {round_ + 1} of {setup.rounds}" if setup.rounds > 1 else ""))
                 record_path = workdir / f"{system}-{round_}.parquet"
                 runs[system].append(run_system(model, host, top_k, system, config, setup, profile, record_path))
-    return profile, chosen, [_median_run(system_runs) for system_runs in runs.values()]
+    rows = [_median_run(system_runs) for system_runs in runs.values()]
+    if "accelerate" in systems:
+        say("running accelerate, once, last (it takes the experts' host copies over)")
+        rows.append(run_accelerate(model, host, setup))
+    return profile, chosen, rows
+
+
+def run_accelerate(model, host: dict, setup: BenchSetup) -> dict:
+    """Peer (a) on the bench's weights, one request, timed from outside. It runs the model's own
+    routers: offload copies every expert of a host-held layer whichever the router picks, so
+    routing does not change its speed."""
+    from expertcache.runtime.accelerate_offload import offloaded_model
+
+    device = next(model.parameters()).device
+    plain = offloaded_model(model, host, setup.budget_bytes, device)
+    prompt = torch.randint(0, model.config.vocab_size, (1, setup.prompt_tokens), generator=torch.Generator().manual_seed(0))
+    meter = EnergyMeter(device)
+    _, prefill_s, tokens_per_s = timed_generate(plain, prompt.to(device), setup.accelerate_tokens)
+    generated = 3 + setup.accelerate_tokens  # the warm-up's 2, the prefill run's 1, the timed run's
+    return {
+        "system": "accelerate", "placement": "accelerate", "prefill_s": prefill_s, "prefill_tokens": setup.prompt_tokens,
+        "decode_tokens_per_s": tokens_per_s, "new_tokens": setup.accelerate_tokens,
+        "gpu_layers": sum(1 for name, where in plain.hf_device_map.items() if re.search(r"layers\.\d+$", name) and where not in ("cpu", "disk")),
+        **{f"{source}_joules_per_token": value / generated for source, value in meter.joules().items()},
+    }  # fmt: skip
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -163,7 +196,8 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown: each system's numbers and expertcache's speed over it, measured and predicted."""
+    """Markdown: each system's numbers and expertcache's speed over it, measured and predicted.
+    Systems timed from outside (accelerate) have no cache, recorded run or prediction: "–"."""
     ours = next((r for r in rows if r["system"] == "expertcache"), None)
     lines = [
         "| system | slots | prefill s | decode tok/s | hit rate | roofline tok/s | of roofline | expertcache is "
@@ -174,13 +208,25 @@ def format_table(rows: list[dict]) -> str:
         ratio = desktop_ratio = "–"
         if ours is not None and r is not ours:
             ratio = f"{ours['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}×"
-            desktop_ratio = f"{ours['desktop_tokens_per_s'] / r['desktop_tokens_per_s']:.2f}×"
-        slots = "–" if r["placement"] == "cpu" else f"{r['sets']} × {r['ways']} {r['policy'] if r['placement'] in ('cache', 'fetch') else ''}".strip()
-        gpu_j = f"{r['gpu_joules_per_token']:.1f}" if "gpu_joules_per_token" in r else "n/a"
-        cpu_j = f"{r['cpu_joules_per_token']:.1f}" if "cpu_joules_per_token" in r else "n/a"
-        lines.append(
-            f"| {r['system']} | {slots} | {r['prefill_s']:.2f} | {r['decode_tokens_per_s']:.2f} | {r['hit_rate']:.1%} "
-            f"| {r['roofline_tokens_per_s']:.2f} | {r['decode_tokens_per_s'] / r['roofline_tokens_per_s']:.0%} | {ratio} "
-            f"| {r['predicted_tokens_per_s']:.2f} | {r['desktop_tokens_per_s']:.2f} ({desktop_ratio}) | {gpu_j} | {cpu_j} |"
-        )
+            if "desktop_tokens_per_s" in r:
+                desktop_ratio = f"{ours['desktop_tokens_per_s'] / r['desktop_tokens_per_s']:.2f}×"
+        if r["placement"] == "accelerate":
+            slots = f"{r['gpu_layers']} layers on the GPU"
+        elif r["placement"] == "cpu":
+            slots = "–"
+        else:
+            slots = f"{r['sets']} × {r['ways']} {r['policy'] if r['placement'] in ('cache', 'fetch') else ''}".strip()
+        simulated = "roofline_tokens_per_s" in r
+        cells = [
+            r["system"], slots, f"{r['prefill_s']:.2f}", f"{r['decode_tokens_per_s']:.2f}",
+            f"{r['hit_rate']:.1%}" if simulated else "–",
+            f"{r['roofline_tokens_per_s']:.2f}" if simulated else "–",
+            f"{r['decode_tokens_per_s'] / r['roofline_tokens_per_s']:.0%}" if simulated else "–",
+            ratio,
+            f"{r['predicted_tokens_per_s']:.2f}" if simulated else "–",
+            f"{r['desktop_tokens_per_s']:.2f} ({desktop_ratio})" if simulated else "–",
+            f"{r['gpu_joules_per_token']:.1f}" if "gpu_joules_per_token" in r else "n/a",
+            f"{r['cpu_joules_per_token']:.1f}" if "cpu_joules_per_token" in r else "n/a",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

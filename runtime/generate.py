@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -55,3 +56,26 @@ def generate_prompts(
         runtime.end_pass()
         texts.append(tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True))
     return texts
+
+
+def timed_generate(model, ids: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float, float]:
+    """Greedy ``new_tokens`` after ``ids`` → (tokens, prefill seconds, decode tokens/s).
+
+    For systems timed from outside (no runtime of ours to count passes): one run of a single
+    new token is the prefill, the rest of a full run is decode. An untimed warm-up comes first,
+    or first-call costs (allocations, kernel selection) would land in the one-token run and be
+    subtracted from the decode.
+    """
+    synchronize = torch.cuda.synchronize if ids.device.type == "cuda" else (lambda: None)
+    with torch.inference_mode():
+        model.generate(ids, max_new_tokens=2, do_sample=False)
+        synchronize()
+        started = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, do_sample=False)
+        synchronize()
+        prefill_s = time.perf_counter() - started
+        started = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+        synchronize()
+    total = time.perf_counter() - started
+    return out, prefill_s, (new_tokens - 1) / max(total - prefill_s, 1e-9)

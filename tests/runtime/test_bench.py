@@ -30,7 +30,10 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
     assert "expertcache is" in result.stdout and "(9 slots)" in result.stdout and "median of 2 interleaved rounds" in result.stdout
     document = json.loads((tmp_path / "b.json").read_text())
     rows = {row["system"]: row for row in document["rows"]}
-    assert list(rows) == ["expertcache", "fetch", "static", "cpu", "gpu"]
+    assert list(rows) == ["expertcache", "fetch", "static", "cpu", "gpu", "accelerate"]
+    accelerate = rows.pop("accelerate")  # timed from outside: no cache, recorded run or prediction
+    assert accelerate["decode_tokens_per_s"] > 0 and accelerate["prefill_s"] > 0 and "hit_rate" not in accelerate
+    assert "| accelerate |" in result.stdout
     chosen = document["chosen"]
     assert chosen["sets"] * chosen["ways"] <= 9 and not get_policy(chosen["policy"]).offline_only
     assert (rows["expertcache"]["sets"], rows["expertcache"]["ways"]) == (chosen["sets"], chosen["ways"])
@@ -47,7 +50,7 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
 def test_bench_refuses_an_unknown_system_before_building_anything(model_dirs):
     result = run_cli("bench", "--model", model_dirs("mixtral"), "--budget", "1GiB", "--device", "cpu", "--systems", "expertcache,vllm")
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == "error: unknown system 'vllm'; known: expertcache, fetch, static, cpu, gpu"
+    assert result.stderr.strip() == "error: unknown system 'vllm'; known: expertcache, fetch, static, cpu, gpu, accelerate"
 
 
 def test_bench_refuses_zero_rounds(model_dirs):
