@@ -2,7 +2,9 @@
 
 expertcache's split of a layer's misses runs one expert on the CPU while another is copied to the
 GPU; both read host memory. The profile measures the CPU's slowdown under copies; this measures
-both sides, for one Mixtral-8x7B-shaped bf16 expert (352 MB), alone and together:
+both sides, for one Mixtral-8x7B-shaped bf16 expert (352 MB), alone and together, and the case of
+a miss computed on the CPU while its own rows are copied into the cache (the same expert read by
+both at once):
 
     python benchmarks/overlap_gpu.py --threads 15 --out overlap.json
 """
@@ -56,7 +58,7 @@ def main() -> None:
         timed_copy(slot, rows[1], stream)
     torch.cuda.synchronize()
 
-    alone_cpu, alone_copy, both_cpu, both_copy = [], [], [], []
+    alone_cpu, alone_copy, both_cpu, both_copy, same_cpu, same_copy = [], [], [], [], [], []
     for i in range(args.repeats):
         started = time.perf_counter()
         cpu_expert(rows[i % 2], x)
@@ -70,14 +72,23 @@ def main() -> None:
         both_cpu.append(time.perf_counter() - started)
         torch.cuda.synchronize()
         both_copy.append(start.elapsed_time(end) / 1e3)
+        start, end = timed_copy(slot, rows[i % 2], stream)
+        started = time.perf_counter()
+        cpu_expert(rows[i % 2], x)
+        same_cpu.append(time.perf_counter() - started)
+        torch.cuda.synchronize()
+        same_copy.append(start.elapsed_time(end) / 1e3)
     result = {
         "machine": f"{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.threads} threads",
         "expert_mb": numel * 2 / 1e6,
         **{name: 1e3 * statistics.median(values) for name, values in
-           [("cpu_alone_ms", alone_cpu), ("copy_alone_ms", alone_copy), ("cpu_with_copy_ms", both_cpu), ("copy_with_cpu_ms", both_copy)]},
+           [("cpu_alone_ms", alone_cpu), ("copy_alone_ms", alone_copy), ("cpu_with_copy_ms", both_cpu), ("copy_with_cpu_ms", both_copy),
+            ("cpu_with_own_copy_ms", same_cpu), ("own_copy_with_cpu_ms", same_copy)]},
     }  # fmt: skip
     result["cpu_slowdown"] = result["cpu_with_copy_ms"] / result["cpu_alone_ms"]
     result["copy_slowdown"] = result["copy_with_cpu_ms"] / result["copy_alone_ms"]
+    result["cpu_slowdown_own_copy"] = result["cpu_with_own_copy_ms"] / result["cpu_alone_ms"]
+    result["own_copy_slowdown"] = result["own_copy_with_cpu_ms"] / result["copy_alone_ms"]
     print(json.dumps(result, indent=2))
     if args.out:
         with open(args.out, "w") as f:
