@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from expertcache.errors import ExpertCacheError
+from expertcache.simulator.policies import POLICIES
 
 PROFILE_HELP = "Cost profile: a built-in name (h100, desktop-4090) or a JSON file from `expertcache calibrate`. [default: h100]"
 
@@ -43,8 +44,6 @@ def main() -> None:
 @main.command()
 def policies() -> None:
     """List every replacement policy that --policy accepts."""
-    from expertcache.simulator.policies import POLICIES
-
     width = max(len(name) for name in POLICIES)
     for name, policy in POLICIES.items():
         click.echo(f"{name:<{width}}  {policy.description}")
@@ -97,7 +96,7 @@ def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, see
 @click.option("--trace", "trace_paths", multiple=True, metavar="PATH", help="Trace(s) to replay; repeat for several. [default: the packaged sample]")
 @click.option("--budget", metavar="SIZE", help="GPU memory for expert slots, e.g. 20GiB. [default: a third of one trace's experts]")
 @click.option("--slots", type=int, help="Total expert slots, instead of --budget.")
-@click.option("--policies", "policy_list", default="lru,fifo,lfu,random,score,eta,markov,belady", show_default=True, help="Comma-separated policies; belady is shown as the bound, never chosen.")
+@click.option("--policies", "policy_list", default=",".join(POLICIES), show_default=True, help="Comma-separated policies; belady is shown as the bound, never chosen.")
 @click.option("--threads", "thread_list", help="Comma-separated CPU thread counts. [default: every count the profile measured]")
 @click.option("--max-sets", type=int, help="Largest set count N to try. [default: all]")
 @click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP)

@@ -28,8 +28,8 @@ from expertcache.runtime.loader import attach
 from expertcache.runtime.record import Recorder
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
-from expertcache.simulator.policies import DEFAULT_POLICY
 from expertcache.simulator.engine import ReplayInput, simulate
+from expertcache.simulator.policies import DEFAULT_POLICY
 from expertcache.simulator.roofline import roofline
 from expertcache.simulator.sweep import best_config, rank, run_sweep, runnable_candidates
 from expertcache.traces.io import read_trace

@@ -248,9 +248,6 @@ class ExpertCache:
     """The cache core behind a Python face, for callers that decide one access at a time.
 
     >>> from expertcache.simulator.geometry import Geometry
-from expertcache.simulator.markov import (
-    add_expert, later_visit_reuse, model_version, new_markov_arrays, next_visit_reuse, refresh_evidence, start_visit,
-)  # fmt: skip
     >>> cache = ExpertCache(Geometry(sets=2, ways=1), "lru", num_layers=1, num_experts=4)
     >>> cache.access(0, 3), cache.access(0, 3).hit
     (AccessResult(hit=False, slot=1, evicted=-1), True)
