@@ -89,6 +89,17 @@ def refresh_evidence(likelihood, layer_counts, recent, evidence, key, distance, 
 
 
 @njit(cache=True, inline="always")
+def _count_after_earlier(likelihood, recent, layer, visit, column):
+    """Count ``visit`` (of ``layer``) in ``column`` after each expert of every earlier visit in the
+    ring: the target-visit total (column E), or an expert the visit used."""
+    span = recent.shape[0] - 1
+    for gap in range(1, min(span, visit + 1)):
+        earlier = recent[(visit - gap) % span]
+        for j in range(earlier[1]):
+            likelihood[layer, gap, earlier[2 + j], column] += 1
+
+
+@njit(cache=True, inline="always")
 def start_visit(likelihood, layer_counts, recent, evidence, layer, tags, layer_ordinal, num_experts):
     """A new visit of MoE layer `layer` begins; its experts follow through :func:`add_expert`.
 
@@ -101,10 +112,7 @@ def start_visit(likelihood, layer_counts, recent, evidence, layer, tags, layer_o
     recent[visit % span, 0] = layer
     recent[visit % span, 1] = 0
     layer_counts[layer, num_experts] += 1
-    for gap in range(1, min(span, visit + 1)):
-        earlier = recent[(visit - gap) % span]
-        for j in range(earlier[1]):
-            likelihood[layer, gap, earlier[2 + j], num_experts] += 1
+    _count_after_earlier(likelihood, recent, layer, visit, num_experts)
     for key in tags:
         if key < 0:
             continue
@@ -129,10 +137,7 @@ def add_expert(likelihood, layer_counts, recent, evidence, layer, expert, tags, 
     current[1] += 1
     recent[span, 1] += 1
     layer_counts[layer, expert] += 1
-    for gap in range(1, min(span, visit + 1)):
-        earlier = recent[(visit - gap) % span]
-        for j in range(earlier[1]):
-            likelihood[layer, gap, earlier[2 + j], expert] += 1
+    _count_after_earlier(likelihood, recent, layer, visit, expert)
     for key in tags:
         if key < 0:
             continue
