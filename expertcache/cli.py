@@ -116,7 +116,7 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profil
     from expertcache.errors import ConfigError
     from expertcache.simulator.costs import load_profile
     from expertcache.simulator.geometry import geometries_for_slots, slots_for_budget
-    from expertcache.simulator.sweep import best_config, candidates, rank, run_sweep
+    from expertcache.simulator.sweep import candidates
     from expertcache.traces.io import read_trace
     from expertcache.units import format_bytes, parse_bytes
 
@@ -144,11 +144,7 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profil
     todo = candidates(geometries_for_slots(total, meta.top_k, max_sets), policy_names, threads)
 
     click.echo(f"{len(todo)} configurations ({total} slots of {format_bytes(meta.expert_bytes)}, profile {profile.name}) over {len(paths)} trace(s)", err=True)
-    with click.progressbar(length=len(todo), label="simulating", file=sys.stderr) as bar:
-        results = run_sweep(paths, todo, profile, executor=executor, workers=workers, address=address, on_progress=bar.update)
-    ranked = rank(results)
-    best = best_config(ranked, budget_bytes)
-    best.to_json(out_path)
+    results, ranked, best = _sweep_and_choose(paths, todo, profile, budget_bytes, out_path, executor=executor, workers=workers, address=address)
     if results_path:
         _write_table(results, Path(results_path))
 
@@ -160,6 +156,19 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profil
         optimum = f"{optimum:.1%}" if optimum is not None else "-"
         click.echo(f"{i + 1:>4} {row.sets:>5} {row.ways:>5} {row.policy:<7} {row.threads:>7} {row.hit_rate:>9.1%} {optimum:>7} {row.tokens_per_s:>9.2f}")
     click.echo(f"best: {best.sets} sets x {best.ways} ways, {best.policy}, {best.threads} threads -> {out_path}")
+
+
+def _sweep_and_choose(paths, todo, profile, budget_bytes, out_path, **run_args):
+    """Simulate every candidate with a progress bar, rank them, and write the best runnable one
+    as the CacheConfig the runtime reads; returns (results, ranked, best)."""
+    from expertcache.simulator.sweep import best_config, rank, run_sweep
+
+    with click.progressbar(length=len(todo), label="simulating", file=sys.stderr) as bar:
+        results = run_sweep(paths, todo, profile, on_progress=bar.update, **run_args)
+    ranked = rank(results)
+    best = best_config(ranked, budget_bytes)
+    best.to_json(out_path)
+    return results, ranked, best
 
 
 def _read_table(path: Path, kind: str):
@@ -413,7 +422,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
     from expertcache.runtime.calibrate import calibrate as measure
     from expertcache.runtime.generate import generate_prompts, read_prompts
     from expertcache.runtime.record import Recorder
-    from expertcache.simulator.sweep import best_config, rank, run_sweep, runnable_candidates
+    from expertcache.simulator.sweep import runnable_candidates
 
     prompts = read_prompts(prompt, prompt_file, n_prompts)
     threads = [int(t) for t in thread_list.split(",")] if thread_list else None
@@ -435,11 +444,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
     profile.to_json(out / "profile.json")
 
     todo = runnable_candidates(runtime.config.slots, runtime.top_k, profile.thread_counts)
-    with click.progressbar(length=len(todo), label="simulating", file=sys.stderr) as bar:
-        results = run_sweep([out / "trace.parquet"], todo, profile, on_progress=bar.update)
-    ranked = rank(results)
-    best = best_config(ranked, runtime.config.budget_bytes)
-    best.to_json(out / "best-config.json")
+    _, ranked, best = _sweep_and_choose([out / "trace.parquet"], todo, profile, runtime.config.budget_bytes, out / "best-config.json")
     for i, row in ranked.head(5).reset_index(drop=True).iterrows():
         click.echo(f"{i + 1:>4} {row.sets:>5} x {row.ways:<4} {row.policy:<7} {row.threads:>3} threads  hit rate {row.hit_rate:6.1%}  {row.tokens_per_s:8.2f} tokens/s")
     click.echo(f"best     {best.sets} sets x {best.ways} ways, {best.policy}, {best.threads} threads -> {out / 'best-config.json'}")

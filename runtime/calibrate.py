@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from expertcache.runtime.experts import expert_ffn
-from expertcache.simulator.placements import AllOnCpu
 from expertcache.simulator.costs import Profile
+from expertcache.simulator.placements import AllOnCpu
 
 TOKEN_COUNTS = (1, 8, 64)
 GPU_TOKEN_COUNTS = (1, 8, 64, 512)
