@@ -202,6 +202,7 @@ class CachedExperts:
         self.stats.copies += len(plan.fetched) - staged + len(plan.background)
         self.stats.staged += staged
         self.stats.fetched += len(plan.fetched)
+        self.stats.cpu_experts += len(plan.on_cpu)
         self._run_on_cpu(module, record, hidden_cpu, plan.rows % tokens, plan.on_cpu, outputs)
 
         # one weighted sum, experts in ascending order as eager adds them

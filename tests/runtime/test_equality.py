@@ -108,8 +108,12 @@ def test_the_compared_placements_keep_the_output(model_dirs, placement):
     assert torch.equal(out, expected)
     if placement == "fetch":
         assert stats.fetched == stats.copies + stats.staged and stats.copies > 0 and stats.layer_cpu_s.sum() == 0
+        assert stats.cpu_experts == 0
     elif placement == "static":
         # 8 slots hold the 8 experts of the last of 3 layers: its accesses all hit, no copy ever
         assert stats.layer_hits.tolist()[:2] == [0, 0] and stats.layer_misses[2] == 0 and stats.copies == 0
     else:
-        assert stats.hits == 0 and stats.copies == 0
+        assert stats.hits == 0 and stats.copies == 0 and stats.fetched == 0
+        # a decode access is one expert computed alone; a prefill expert serves all its tokens at once
+        decode_accesses = stats.decode_tokens * len(runtime.moe_layers) * runtime.top_k
+        assert decode_accesses < stats.cpu_experts < stats.misses
