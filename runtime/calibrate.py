@@ -70,11 +70,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     on_cuda = runtime.device.type == "cuda"
     hidden = model.config.get_text_config().hidden_size
     say = progress or (lambda message: None)
-    saved_threads = torch.get_num_threads()
     rows = _every_expert(runtime)
-
-    def cpu_expert(x: torch.Tensor) -> None:
-        expert_ffn(module, x, layout.views(next(rows)))
+    cpu_expert = _cpu_expert_runner(runtime, rows)
 
     say("host-to-device copies")
     slot = torch.empty(layout.numel, dtype=layout.dtype, device=runtime.device)
@@ -84,13 +81,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     cpu_ms: dict[int, dict[int, float]] = {}
     for count in threads or thread_counts():
         say(f"CPU expert, {count} threads")
-        torch.set_num_threads(count)
-        cpu_ms[count] = {}
-        _keep_running(lambda: cpu_expert(torch.randn(1, hidden, dtype=layout.dtype)), WARM_UP_S)
-        for tokens in TOKEN_COUNTS:
-            x = torch.randn(tokens, hidden, dtype=layout.dtype)
-            cpu_ms[count][tokens] = 1e3 * _median_s(lambda: cpu_expert(x), repeats, False)
-    torch.set_num_threads(saved_threads)
+        cpu_ms[count] = _cpu_expert_table(cpu_expert, hidden, layout.dtype, count, TOKEN_COUNTS, repeats, WARM_UP_S)
 
     cpu_slowdown = copy_slowdown = 1.0
     if on_cuda:
@@ -129,6 +120,37 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores; dense_ms holds all time per layer outside expert work (dispatch included)",
     )
+
+
+def cpu_expert_ms(model, threads: int, token_counts: tuple[int, ...] = (1,), repeats: int = 5, warm_up_s: float = WARM_UP_S) -> dict[int, float]:
+    """Median milliseconds of one CPU expert by token count, with ``threads`` threads, cycling
+    through every expert as decode does: the measurement behind the profile's CPU table, on its own
+    so that a long run can repeat it and see how far the machine's CPU speed has drifted (on the lent
+    H100 host the same measurement ran 4.3 to 11.5 ms a few seconds apart)."""
+    runtime = model.expertcache
+    cpu_expert = _cpu_expert_runner(runtime, _every_expert(runtime))
+    return _cpu_expert_table(cpu_expert, model.config.get_text_config().hidden_size, runtime.layout.dtype, threads, token_counts, repeats, warm_up_s)
+
+
+def _cpu_expert_runner(runtime, rows: Iterator[torch.Tensor]) -> Callable[[torch.Tensor], None]:
+    module = runtime.layers[runtime.moe_layers[0]]
+    return lambda x: expert_ffn(module, x, runtime.layout.views(next(rows)))
+
+
+def _cpu_expert_table(
+    cpu_expert: Callable[[torch.Tensor], None], hidden: int, dtype: torch.dtype, threads: int, token_counts: tuple[int, ...], repeats: int, warm_up_s: float
+) -> dict[int, float]:
+    saved_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        _keep_running(lambda: cpu_expert(torch.randn(1, hidden, dtype=dtype)), warm_up_s)
+        table = {}
+        for tokens in token_counts:
+            x = torch.randn(tokens, hidden, dtype=dtype)
+            table[tokens] = 1e3 * _median_s(lambda: cpu_expert(x), repeats, False)
+        return table
+    finally:
+        torch.set_num_threads(saved_threads)
 
 
 def _every_expert(runtime) -> Iterator[torch.Tensor]:

@@ -8,7 +8,7 @@ one-token expert FFN reads its weights once and is bound by memory bandwidth.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -72,6 +72,11 @@ class Profile:
 
     def dense_table_s(self, max_tokens: int) -> np.ndarray:
         return _table(self.dense_ms, max_tokens) / 1e3
+
+    def with_cpu_slower(self, factor: float) -> "Profile":
+        """This profile with every CPU expert time ``factor`` times longer: the machine's CPU as
+        measured now (``calibrate.cpu_expert_ms``) against when the profile was taken."""
+        return replace(self, cpu_expert_ms={t: {n: ms * factor for n, ms in row.items()} for t, row in self.cpu_expert_ms.items()})
 
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")

@@ -68,3 +68,18 @@ def test_time_outside_experts_is_measured_with_placements_fixed(model_dirs):
     after = model.generate(ids, max_new_tokens=12, do_sample=False)
     plain = AutoModelForCausalLM.from_pretrained(model_dir).generate(ids, max_new_tokens=12, do_sample=False)
     assert torch.equal(after, plain)
+
+
+def test_a_spot_measurement_of_cpu_experts_leaves_the_thread_count_alone(model_dirs):
+    # repeated during long benchmark runs, to see the machine's CPU speed drift from the profile
+    from expertcache.runtime.calibrate import cpu_expert_ms
+    from expertcache.runtime.loader import load
+    from expertcache.simulator.config import CacheConfig
+
+    import torch
+
+    model = load(model_dirs("olmoe"), config=CacheConfig(sets=1, ways=2), device="cpu", profile="h100")
+    threads = torch.get_num_threads()
+    measured = cpu_expert_ms(model, threads=1, token_counts=(1, 8), repeats=3, warm_up_s=0.0)
+    assert set(measured) == {1, 8} and min(measured.values()) > 0
+    assert torch.get_num_threads() == threads

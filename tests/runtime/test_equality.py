@@ -71,8 +71,7 @@ def test_bypassing_and_score_policies_keep_the_output(model_dirs, policy):
 
 def test_every_miss_on_the_gpu_path_keeps_the_output(model_dirs):
     model_dir = model_dirs("mixtral")
-    fetch_always = load_profile("h100")
-    fetch_always.cpu_expert_ms = {t: {n: ms * 1000 for n, ms in row.items()} for t, row in fetch_always.cpu_expert_ms.items()}
+    fetch_always = load_profile("h100").with_cpu_slower(1000)
     out, runtime = cached_generate(model_dir, CacheConfig(sets=1, ways=2, policy="lru"), profile=fetch_always)
     assert torch.equal(out, reference(model_dir)[1])
     # prefill: more misses per layer than slots, so misses evicted within the layer go through staging

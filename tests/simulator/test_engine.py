@@ -46,6 +46,14 @@ def test_a_miss_runs_on_the_cpu_while_its_copy_makes_the_next_token_hit(three_to
     assert result.pcie_busy_s == pytest.approx(10e-3)
 
 
+def test_a_cpu_measured_slower_moves_the_miss_to_the_copy_path(three_tokens):
+    hand = profile(copy_ms=10.0)
+    slower = hand.with_cpu_slower(1.5)
+    assert slower.cpu_expert_ms == {4: {1: 15.0}} and hand.cpu_expert_ms == {4: {1: 10.0}}
+    # token 0: CPU 15 ms now loses to copy 10 + GPU 0.1
+    assert simulate(three_tokens, Geometry(1, 1), "lru", slower, threads=4).decode_s == pytest.approx((11.1 + 1.1 + 1.1) / 1e3)
+
+
 def test_a_miss_runs_on_the_gpu_when_its_copy_finishes_before_the_cpu_would(three_tokens):
     result = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=5.0), threads=4)
     # token 0: dense 1, copy 5, GPU 0.1 = 6.1 ms instead of 11 on the CPU
