@@ -5,7 +5,11 @@
 Builds the full Mixtral-8x7B shape with synthesized weights, calibrates a Profile on it, then for
 every geometry of the budget's slots × policies: runs the live runtime with routing forced from the
 trace while recording its own trace, and replays that recorded trace through the simulator with
-the calibrated profile. Same accesses on both sides; the error is the cost model's alone.
+the calibrated profile. Same accesses on both sides; the error is the cost model's and the
+machine's drift since calibration. To tell the two apart, the CPU expert is re-measured right before
+and after every run (``calibrate.cpu_expert_ms``) and each run is also predicted with the profile's
+CPU times scaled to that local measurement; every configuration runs ``--repeats`` times, the passes
+alternately forward and reversed, so drift does not favour one end of the list.
 """
 
 from __future__ import annotations
@@ -13,14 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from expertcache.runtime.calibrate import calibrate
+from expertcache.runtime.calibrate import calibrate, cpu_expert_ms
 from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.loader import attach, plan_memory
 from expertcache.runtime.record import Recorder
@@ -30,6 +33,11 @@ from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import geometries_for_slots
 from expertcache.traces.io import read_trace
 from expertcache.units import parse_bytes
+from fidelity_summary import summarise
+
+
+SPOT_REPEATS = 32
+"""One-token CPU experts timed around each run: about 0.2 s on the Mixtral shape."""
 
 
 def main() -> None:
@@ -38,11 +46,13 @@ def main() -> None:
     parser.add_argument("--budget", default="24GiB")
     parser.add_argument("--trace", required=True)
     parser.add_argument("--policies", default="lru,eta,markov")
-    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2, help="Passes over every configuration.")
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    parser.add_argument("--deadline", type=float, default=520.0, help="Seconds after which no new run starts.")
+    parser.add_argument("--deadline", type=float, default=540.0, help="Seconds after which no new run starts.")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--traces-out", help="Keep each run's recorded trace here, to replay it later with another profile.")
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -62,44 +72,50 @@ def main() -> None:
     with torch.inference_mode():
         model.generate(prompt, max_new_tokens=4, do_sample=False)
     del model.expertcache
+    configs = [CacheConfig(sets=sets, ways=ways, policy=policy) for sets, ways in geometries for policy in args.policies.split(",")]
+    calibrated_ms = profile.cpu_expert_ms[args.threads][1]
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for sets, ways in geometries:
-            for policy in args.policies.split(","):
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = Path(args.traces_out or scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for repeat in range(args.repeats):
+            for config in configs if repeat % 2 == 0 else configs[::-1]:
                 if time.perf_counter() - started > args.deadline:
                     break
-                config = CacheConfig(sets=sets, ways=ways, policy=policy)
+                sets, ways, policy = config.sets, config.ways, config.policy
                 attach(model, host, config, torch.device("cuda"), args.threads, profile, top_k)
                 runtime = model.expertcache
                 runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
-                path = Path(tmp) / f"{policy}-{sets}x{ways}.parquet"
+                path = tmp / f"{policy}-{sets}x{ways}-{repeat}.parquet"
                 runtime.recorder = Recorder(path, runtime, args.shape)
                 runtime.begin_request(0)
+                before_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.2)[1]
                 with torch.inference_mode():
                     model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
                 runtime.end_pass()
                 runtime.recorder.close()
+                after_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.0)[1]
                 measured = runtime.stats
-                predicted = simulate(ReplayInput.from_trace(read_trace(path)), config.geometry, policy, profile, args.threads)
+                replay = ReplayInput.from_trace(read_trace(path))
+                predicted = simulate(replay, config.geometry, policy, profile, args.threads)
+                local = profile.with_cpu_slower((before_ms + after_ms) / 2 / calibrated_ms)
+                predicted_local = simulate(replay, config.geometry, policy, local, args.threads)
                 row = {"sets": sets, "ways": ways, "policy": policy, "measured_tokens_per_s": measured.decode_tokens_per_s,
                        "predicted_tokens_per_s": predicted.tokens_per_s, "measured_hit_rate": measured.hit_rate,
                        "predicted_hit_rate": predicted.hit_rate, "measured_cpu_s": float(measured.layer_cpu_s.sum()),
                        "predicted_cpu_s": predicted.cpu_s, "measured_decode_s": measured.decode_s, "predicted_decode_s": predicted.decode_s,
-                       "predicted_stall_s": predicted.stall_s, "measured_copy_wait_s": measured.copy_wait_s, "copies": measured.copies}  # fmt: skip
+                       "predicted_stall_s": predicted.stall_s, "measured_copy_wait_s": measured.copy_wait_s, "copies": measured.copies,
+                       "repeat": repeat, "cpu_experts": measured.cpu_experts, "cpu_expert_ms_before": before_ms, "cpu_expert_ms_after": after_ms,
+                       "predicted_local_tokens_per_s": predicted_local.tokens_per_s, "predicted_local_cpu_s": predicted_local.cpu_s}  # fmt: skip
                 row["error"] = row["predicted_tokens_per_s"] / row["measured_tokens_per_s"] - 1
+                row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 Path(args.out).write_text(json.dumps({"profile": profile.__dict__, "rows": rows, "machine": torch.cuda.get_device_name(),
                                                       "trace": os.path.basename(args.trace), "budget": args.budget}, indent=1))  # fmt: skip
                 del runtime, model.expertcache
                 torch.cuda.empty_cache()
-    errors = [abs(r["error"]) for r in rows]
-    best_measured = max(rows, key=lambda r: r["measured_tokens_per_s"])
-    top_predicted = max(rows, key=lambda r: r["predicted_tokens_per_s"])
-    print(f"\nruns {len(rows)}; median |error| {statistics.median(errors):.1%}; worst {max(errors):.1%}; "
-          f"simulator's first choice {top_predicted['policy']} {top_predicted['sets']}x{top_predicted['ways']} measured "
-          f"{top_predicted['measured_tokens_per_s'] / best_measured['measured_tokens_per_s']:.1%} of the measured best "
-          f"({best_measured['policy']} {best_measured['sets']}x{best_measured['ways']})")  # fmt: skip
+    print(summarise(rows))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The fidelity goals, read from fidelity_gpu.py results: per file, and pooled over all files given.
+
+    python benchmarks/fidelity_summary.py benchmarks/results/fidelity-h100-run4.json benchmarks/results/fidelity-h100-run5.json
+
+Per run: the error of each measured run against its prediction. Per configuration: the error of
+the median measured speed over its repeats, and how far two repeats of it lie apart (the machine's
+own noise, which no cost model can predict). The simulator's first choice is the configuration
+with the highest predicted speed (averaged over the files' profiles when pooled), set against the
+configuration with the highest median measured speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def summarise(rows: list[dict]) -> str:
+    by_config: dict[tuple, list[dict]] = {}
+    for r in rows:
+        by_config.setdefault((r["policy"], r["sets"], r["ways"]), []).append(r)
+    measured = {key: statistics.median(r["measured_tokens_per_s"] for r in runs) for key, runs in by_config.items()}
+    predicted = {key: statistics.fmean(r["predicted_tokens_per_s"] for r in runs) for key, runs in by_config.items()}
+    lines = [f"{len(rows)} runs of {len(by_config)} configurations"]
+    for key, what in (("error", "start profile"), ("error_local", "CPU re-measured around each run")):
+        errors = [abs(r[key]) for r in rows if key in r]
+        if errors:
+            lines.append(f"per run, {what}: median |error| {statistics.median(errors):.1%}, worst {max(errors):.1%}")
+    errors = [abs(predicted[key] / measured[key] - 1) for key in by_config]
+    lines.append(f"per configuration, median of its runs: median |error| {statistics.median(errors):.1%}, worst {max(errors):.1%}")
+    spreads = [_spread(runs) for runs in by_config.values() if len(runs) > 1]
+    if spreads:
+        lines.append(f"repeats of one configuration lie apart by {statistics.median(spreads):.1%} (median), {max(spreads):.1%} (most)")
+    best = max(measured, key=measured.get)
+    chosen = max(predicted, key=predicted.get)
+    lines.append(f"simulator's first choice {_name(chosen)} measured {measured[chosen] / measured[best]:.1%} of the measured best {_name(best)}")
+    return "\n".join(lines)
+
+
+def _spread(runs: list[dict]) -> float:
+    speeds = [r["measured_tokens_per_s"] for r in runs]
+    return max(speeds) / min(speeds) - 1
+
+
+def _name(key: tuple) -> str:
+    policy, sets, ways = key
+    return f"{policy} {sets}x{ways}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+")
+    args = parser.parse_args()
+    pooled = []
+    for path in args.results:
+        rows = json.loads(Path(path).read_text())["rows"]
+        pooled += rows
+        print(f"{path}:\n{summarise(rows)}\n")
+    if len(args.results) > 1:
+        print(f"pooled:\n{summarise(pooled)}")
+
+
+if __name__ == "__main__":
+    main()
