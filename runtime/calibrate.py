@@ -30,16 +30,25 @@ WARM_UP_S = 1.0
 """Seconds of CPU expert runs before timing a thread count."""
 
 CPU_SAMPLES = 32
-"""CPU experts timed per table point, at least, and averaged: on the lent H100 host one expert
-took about 4.5 or about 6.7 ms, flipping within a second, so a median of a few lands on one of the
-two, while decode pays the mean (a fidelity run's calibrated median of 5 was 6.96 ms, its runs
+"""CPU experts timed per table point, at least, and averaged: decode pays the mean. On the lent
+H100 host one expert took about 4.5 or about 6.7 ms, flipping every second or so, so a median of
+a few lands on one of the two (a fidelity run's calibrated median of 5 was 6.96 ms, its runs
 averaged 6.1 ms per CPU expert)."""
 
+CPU_WINDOW_S = 4.0
+"""Seconds over which the one-token CPU point, decode's, is sampled at least: 32 Mixtral experts
+take 0.15 s, inside one of the host's speed phases (a bench whose calibration averaged 4.8 ms
+then ran its CPU experts at 6.9 ms). Twenty estimates on one lent H100 host scattered with a
+standard deviation of 0.25 ms back to back, 0.21 ms over 1.5 s, 0.12 ms over 4 s
+(``benchmarks/calibration_spread_gpu.py``)."""
 
-def _time_s(run: Callable[[], None], repeats: int, synchronize: bool, average: Callable = statistics.median) -> float:
+
+def _time_s(run: Callable[[], None], repeats: int, synchronize: bool, average: Callable = statistics.median, min_seconds: float = 0.0) -> float:
+    """``average`` of ``run``'s wall times over at least ``repeats`` runs and ``min_seconds``, after one untimed run."""
     run()  # warm-up
     times = []
-    for _ in range(repeats):
+    until = time.perf_counter() + min_seconds
+    while len(times) < repeats or time.perf_counter() < until:
         if synchronize:
             torch.cuda.synchronize()
         start = time.perf_counter()
@@ -87,7 +96,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     cpu_ms: dict[int, dict[int, float]] = {}
     for count in threads or thread_counts():
         say(f"CPU expert, {count} threads")
-        cpu_ms[count] = _cpu_expert_table(cpu_expert, hidden, layout.dtype, count, TOKEN_COUNTS, repeats, WARM_UP_S)
+        cpu_ms[count] = _cpu_expert_table(cpu_expert, hidden, layout.dtype, count, TOKEN_COUNTS, repeats, WARM_UP_S, CPU_WINDOW_S)
 
     cpu_slowdown = copy_slowdown = 1.0
     if on_cuda:
@@ -128,14 +137,17 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     )
 
 
-def cpu_expert_ms(model, threads: int, token_counts: tuple[int, ...] = (1,), repeats: int = 5, warm_up_s: float = WARM_UP_S) -> dict[int, float]:
-    """Median milliseconds of one CPU expert by token count, with ``threads`` threads, cycling
+def cpu_expert_ms(
+    model, threads: int, token_counts: tuple[int, ...] = (1,), repeats: int = 5, warm_up_s: float = WARM_UP_S, window_s: float = CPU_WINDOW_S
+) -> dict[int, float]:
+    """Mean milliseconds of one CPU expert by token count, with ``threads`` threads, cycling
     through every expert as decode does: the measurement behind the profile's CPU table, on its own
     so that a long run can repeat it and see how far the machine's CPU speed has drifted (on the lent
     H100 host the same measurement ran 4.3 to 11.5 ms a few seconds apart)."""
     runtime = model.expertcache
     cpu_expert = _cpu_expert_runner(runtime, _every_expert(runtime))
-    return _cpu_expert_table(cpu_expert, model.config.get_text_config().hidden_size, runtime.layout.dtype, threads, token_counts, repeats, warm_up_s)
+    hidden = model.config.get_text_config().hidden_size
+    return _cpu_expert_table(cpu_expert, hidden, runtime.layout.dtype, threads, token_counts, repeats, warm_up_s, window_s)
 
 
 def _cpu_expert_runner(runtime, rows: Iterator[torch.Tensor]) -> Callable[[torch.Tensor], None]:
@@ -144,7 +156,14 @@ def _cpu_expert_runner(runtime, rows: Iterator[torch.Tensor]) -> Callable[[torch
 
 
 def _cpu_expert_table(
-    cpu_expert: Callable[[torch.Tensor], None], hidden: int, dtype: torch.dtype, threads: int, token_counts: tuple[int, ...], repeats: int, warm_up_s: float
+    cpu_expert: Callable[[torch.Tensor], None],
+    hidden: int,
+    dtype: torch.dtype,
+    threads: int,
+    token_counts: tuple[int, ...],
+    repeats: int,
+    warm_up_s: float,
+    window_s: float,
 ) -> dict[int, float]:
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -153,7 +172,8 @@ def _cpu_expert_table(
         table = {}
         for tokens in token_counts:
             x = torch.randn(tokens, hidden, dtype=dtype)
-            table[tokens] = 1e3 * _time_s(lambda: cpu_expert(x), max(repeats, CPU_SAMPLES), False, statistics.fmean)
+            window = window_s if tokens == 1 else 0.0  # prefill's points matter less than the seconds they would take
+            table[tokens] = 1e3 * _time_s(lambda: cpu_expert(x), max(repeats, CPU_SAMPLES), False, statistics.fmean, window)
         return table
     finally:
         torch.set_num_threads(saved_threads)
