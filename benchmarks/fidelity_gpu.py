@@ -89,12 +89,12 @@ def main() -> None:
                 path = tmp / f"{policy}-{sets}x{ways}-{repeat}.parquet"
                 runtime.recorder = Recorder(path, runtime, args.shape)
                 runtime.begin_request(0)
-                before_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.2)[1]
+                before_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.2, window_s=0.0)[1]
                 with torch.inference_mode():
                     model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
                 runtime.end_pass()
                 runtime.recorder.close()
-                after_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.0)[1]
+                after_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.0, window_s=0.0)[1]
                 measured = runtime.stats
                 replay = ReplayInput.from_trace(read_trace(path))
                 predicted = simulate(replay, config.geometry, policy, profile, args.threads)
