@@ -8,7 +8,8 @@ trace while recording its own trace, and replays that recorded trace through the
 the calibrated profile. Same accesses on both sides; the error is the cost model's and the
 machine's drift since calibration. To tell the two apart, the CPU expert is re-measured right before
 and after every run (``calibrate.cpu_expert_ms``) and each run is also predicted with the profile's
-CPU times scaled to that local measurement; every configuration runs ``--repeats`` times, the passes
+CPU times scaled to that local measurement (``error_local``; on the lent H100 it did not help: the
+CPU's speed changes within a run); every configuration runs ``--repeats`` times, the passes
 alternately forward and reversed, so drift does not favour one end of the list.
 """
 
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--budget", default="24GiB")
     parser.add_argument("--trace", required=True)
     parser.add_argument("--policies", default="lru,eta,markov")
-    parser.add_argument("--new-tokens", type=int, default=20)
+    parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2, help="Passes over every configuration.")
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))

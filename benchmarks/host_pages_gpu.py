@@ -13,7 +13,7 @@ to see stragglers), the same under a concurrent copy, and pinned host-to-device 
 Answer on the lent H100 host (``results/host-pages-h100.json``, where the numpy variant is named
 "4k"): numpy already advises huge pages for large arrays, so both variants came out huge-paged
 (AnonHugePages grew 5.25 GiB for each) and the runtime's experts already sit on 2 MiB pages. What
-the run shows is the CPU's own spread: identical measurements a few seconds apart differ up to 2x.
+the run shows is the CPU's own spread: identical measurements seconds apart differ up to 1.7x.
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ def cpu_expert_ms(
     """Mean milliseconds of one CPU expert by token count, with ``threads`` threads, cycling
     through every expert as decode does: the measurement behind the profile's CPU table, on its own
     so that a long run can repeat it and see how far the machine's CPU speed has drifted (on the lent
-    H100 host the same measurement ran 4.3 to 11.5 ms a few seconds apart)."""
+    H100 host the same 8-thread measurement read 11.5 ms, then 7.0 ms within the same minute)."""
     runtime = model.expertcache
     cpu_expert = _cpu_expert_runner(runtime, _every_expert(runtime))
     hidden = model.config.get_text_config().hidden_size

@@ -19,8 +19,8 @@ class RuntimeStats:
     copies: int = 0  # experts copied into slots
     bypassed: int = 0  # misses the policy chose not to cache
     fetched: int = 0  # misses computed on the GPU after their copy
-    cpu_experts: int = 0  # misses computed on the CPU, one per expert and layer pass whatever its rows
     staged: int = 0  # of those, misses the policy did not keep, copied into a staging slot
+    cpu_experts: int = 0  # misses computed on the CPU, one per expert and layer pass whatever its rows
     copy_waits: int = 0  # hits whose copy had not landed when the layer ran
     copy_wait_s: float = 0.0  # GPU time spent waiting for those copies
     prefill_tokens: int = 0
