@@ -29,7 +29,8 @@ import weakref
 import numpy as np
 import torch
 
-HIDDEN, INTERMEDIATE = 4096, 14336
+from overlap_gpu import HIDDEN, INTERMEDIATE, cpu_expert
+
 NUMEL = 3 * HIDDEN * INTERMEDIATE
 
 
@@ -55,13 +56,6 @@ def pinned_rows(experts: int, huge: bool) -> torch.Tensor:
     assert status == 0, f"cudaHostRegister failed ({status})"
     weakref.finalize(buffer, lambda: torch.cuda.cudart().cudaHostUnregister(address))
     return rows
-
-
-def cpu_expert(row: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    gate_up = row[: 2 * INTERMEDIATE * HIDDEN].view(2 * INTERMEDIATE, HIDDEN)
-    down = row[2 * INTERMEDIATE * HIDDEN :].view(HIDDEN, INTERMEDIATE)
-    gate, up = torch.nn.functional.linear(x, gate_up).chunk(2, dim=-1)
-    return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, down)
 
 
 def cpu_times_ms(rows: torch.Tensor, threads: int, samples: int, slot: torch.Tensor | None, stream) -> list[float]:
