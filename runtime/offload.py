@@ -3,9 +3,10 @@
 Per MoE layer of a forward pass, in the order the simulator replays them: the layer's accesses
 (position by position, rank by rank) go through the shared cache core. Experts that were
 resident run on the GPU from their slots. Each miss runs where the simulator's rule
-(``schedule.split_misses``) says it finishes first: on the CPU right away, or on the GPU once
-copied (into its new slot, or a staging slot when the policy does not keep it). Misses the
-cache keeps are copied either way, so the next token that wants them hits. The host waits for
+(``schedule.split_misses``) says it finishes first: on the CPU right away, on the GPU once
+copied (into its new slot, or a staging slot when the policy does not keep it), or, for a
+layer's lone miss, split between the two (``runtime.split``). Misses the cache keeps are copied
+either way, so the next token that wants them hits. The host waits for
 the GPU once per layer, for the routing; all GPU work is queued without waiting, so the CPU
 computes its share while the GPU computes and the link copies theirs.
 """
@@ -24,6 +25,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.slots import SlotPool
+from expertcache.runtime.split import Cut, gpu_ranges, remaining_ranges, rows_out, splittable, units_out
 from expertcache.runtime.stats import RuntimeStats
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
@@ -103,6 +105,7 @@ class CachedExperts:
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._rates = rates_of(profile, layout.nbytes)
+        self._rates[5] *= splittable(layers[0][1], layout)
         self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end
         self.step = -1
         self.request = 0
@@ -190,12 +193,14 @@ class CachedExperts:
 
         plan = self._plan(index, hit, slot)
         # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
-        hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu else None
+        hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
         rows = torch.from_numpy(plan.rows).to(hidden.device, non_blocking=True)
         token_rows, rank_rows = rows % tokens, rows // tokens
         outputs: dict[int, torch.Tensor] = {}
         self._run_on_gpu(module, record, hidden, token_rows, plan.resident, outputs)
         self._run_on_gpu(module, record, hidden, token_rows, plan.fetched, outputs, copy_first=True)
+        for job in plan.split:
+            self._run_split(module, record, hidden, hidden_cpu, token_rows, plan.rows % tokens, job, outputs)
         for s, expert in plan.background:
             self.pool.fill(s, self.host[layer][expert])
         staged = sum(1 for job in plan.fetched if job.slot >= self.config.slots)
@@ -203,6 +208,8 @@ class CachedExperts:
         self.stats.staged += staged
         self.stats.fetched += len(plan.fetched)
         self.stats.cpu_experts += len(plan.on_cpu)
+        self.stats.split += len(plan.split)
+        self.stats.copies += sum(1 for job in plan.split if job.slot < self.config.slots)
         self._run_on_cpu(module, record, hidden_cpu, plan.rows % tokens, plan.on_cpu, outputs)
 
         # one weighted sum, experts in ascending order as eager adds them
@@ -226,8 +233,8 @@ class CachedExperts:
 
     def _plan(self, index: np.ndarray, hit: np.ndarray, slot: np.ndarray) -> "LayerPlan":
         """Which experts run from their slots, which are copied and run on the GPU, which run on
-        the CPU (``schedule.split_misses``, the simulator's rule), and which slots are refilled
-        behind them."""
+        the CPU, which are split (``schedule.split_misses``, the simulator's rule), and which
+        slots are refilled behind them."""
         by_rank = index.T.reshape(-1)  # rank-major: the row order eager's torch.where gives
         rows = np.argsort(by_rank, kind="stable")
         experts, starts = np.unique(by_rank[rows], return_index=True)
@@ -245,63 +252,102 @@ class CachedExperts:
                 plan.resident.append(ExpertJob(expert, int(slot[i]), start, end))
             else:
                 missed.append(ExpertJob(expert, kept.get(expert, -1), start, end))
-        on_gpu = self._split(plan.resident, missed)
-        for job, gpu in zip(missed, on_gpu):
-            if gpu and job.slot < 0:  # not kept by the policy: through a staging slot
+        for job, share in zip(missed, self._place(plan.resident, missed)):
+            if share > 0 and job.slot < 0:  # not kept by the policy: through a staging slot
                 job.slot = self._staging[self._next_staging % len(self._staging)]
                 self._next_staging += 1
-            (plan.fetched if gpu else plan.on_cpu).append(job)
-        fetched = {job.slot for job in plan.fetched}
-        plan.background = [(s, expert) for s, expert in last_in_slot.items() if s not in fetched]
+            job.gpu_share = share
+            (plan.fetched if share == 1 else plan.on_cpu if share == 0 else plan.split).append(job)
+        copied = {job.slot for job in plan.fetched + plan.split}
+        plan.background = [(s, expert) for s, expert in last_in_slot.items() if s not in copied]
         return plan
 
-    def _split(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> list[bool]:
-        """For each miss, whether it runs on the GPU after its copy, timed from now."""
+    def _place(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> list[float]:
+        """For each miss, the share of it computed on the GPU (1: all of it, after its copy;
+        0: none), timed from now."""
         if not missed:
             return []
         rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
         admitted = np.array([job.slot >= 0 for job in missed])
-        on_gpu, copy_end = np.zeros(len(missed), dtype=np.bool_), np.zeros(len(missed))
+        gpu_share, copy_end = np.zeros(len(missed)), np.zeros(len(missed))
         busy = sum(self._gpu_s[min(job.row_count, PRICED_TOKENS)] for job in resident)
         launched = len(resident) * self._rates[3]
         now = time.perf_counter()
         _, _, link_free = split_misses(
             rows, admitted, len(rows), self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
-            self._cpu_s, self._gpu_s, self._rates, on_gpu, copy_end, np.zeros(4),
+            self._cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free
-        return on_gpu.tolist()
+        return gpu_share.tolist()
 
     def _run_on_gpu(
         self, module, record: LayerPass, hidden, token_rows, jobs: list["ExpertJob"], outputs, copy_first: bool = False
     ) -> None:
         """Queue ``jobs`` on the GPU; with ``copy_first`` each one's copy is started just before
         its kernels, so a staging slot is refilled only after the kernels reading it are queued."""
-        if not jobs:
-            return
-        on_cuda = self.device.type == "cuda"
-        if on_cuda:
-            start = torch.cuda.Event(enable_timing=True)
-            start.record()
-        started = time.perf_counter()
+        if jobs:
+            self._timed_on_gpu(record, lambda: self._queue_jobs(module, record, hidden, token_rows, jobs, outputs, copy_first))
+
+    def _queue_jobs(self, module, record: LayerPass, hidden, token_rows, jobs: list["ExpertJob"], outputs, copy_first: bool) -> None:
         for job in jobs:
             if copy_first:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
             waited = len(record.wait_events)
             outputs[job.expert] = self.queue_gpu_expert(module, hidden[token_rows[job.start : job.end]], job.slot, record.wait_events)
             self.stats.copy_waits += len(record.wait_events) - waited
-        if on_cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            record.gpu_events.append((start, end))
-        else:
-            record.gpu_s += time.perf_counter() - started
 
     def queue_gpu_expert(self, module: nn.Module, rows: torch.Tensor, slot: int, waits: list | None = None) -> torch.Tensor:
         """The expert in ``slot`` applied to ``rows``, queued on the GPU after its copy lands
         (``SlotPool.acquire``); what calibration times as the host's cost of one GPU expert."""
         out = expert_ffn(module, rows, self.layout.views(self.pool.acquire(slot, waits)))
         self.pool.release(slot)
+        return out
+
+    def _run_split(
+        self, module, record: LayerPass, hidden, hidden_cpu, token_rows, cpu_rows: np.ndarray, job: "ExpertJob", outputs
+    ) -> None:
+        """One miss computed in two halves (``runtime.split``): the copies of the GPU's slices
+        go first, then the rest of the expert when the cache keeps it; each half of each
+        contraction is queued or computed as soon as its inputs can be."""
+        cut = Cut.of(self.layout, job.gpu_share)
+        host_row = self.host[record.layer][job.expert]
+        units_ranges, rows_ranges = gpu_ranges(self.layout, cut)
+        units_landed = self.pool.fill(job.slot, host_row, units_ranges)
+        rows_landed = self.pool.fill(job.slot, host_row, rows_ranges)
+        if job.slot < self.config.slots:  # kept: the rest follows, behind what the GPU waits for
+            self.pool.fill(job.slot, host_row, remaining_ranges(self.layout, cut))
+        on_host = self.layout.views(host_row)
+        waited = len(record.wait_events)
+
+        on_gpu = self.layout.views(self.pool.acquire(job.slot, record.wait_events, units_landed))
+        units_gpu = self._timed_on_gpu(record, lambda: units_out(module, hidden[token_rows[job.start : job.end]], on_gpu, 0, cut.units))
+        started = time.perf_counter()
+        units_cpu = units_out(module, hidden_cpu[torch.from_numpy(cpu_rows[job.start : job.end])], on_host, cut.units, cut.intermediate)
+        record.cpu_s += time.perf_counter() - started
+        units_host = torch.cat([units_gpu.to("cpu"), units_cpu], dim=-1)  # waits for the GPU's units
+        units_device = torch.cat([units_gpu, units_cpu.to(self.device, non_blocking=True)], dim=-1)
+
+        self.pool.acquire(job.slot, record.wait_events, rows_landed)
+        rows_gpu = self._timed_on_gpu(record, lambda: rows_out(units_device, on_gpu, 0, cut.rows))
+        self.pool.release(job.slot)
+        started = time.perf_counter()
+        rows_cpu = rows_out(units_host, on_host, cut.rows, cut.hidden)
+        record.cpu_s += time.perf_counter() - started
+        outputs[job.expert] = torch.cat([rows_gpu, rows_cpu.to(self.device, non_blocking=True)], dim=-1)
+        self.stats.copy_waits += len(record.wait_events) - waited
+
+    def _timed_on_gpu(self, record: LayerPass, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+        """``queue()``'s result; the GPU time of the work it queues is added to ``record``."""
+        if self.device.type != "cuda":
+            started = time.perf_counter()
+            out = queue()
+            record.gpu_s += time.perf_counter() - started
+            return out
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        out = queue()
+        end.record()
+        record.gpu_events.append((start, end))
         return out
 
     def _run_on_cpu(self, module, record: LayerPass, hidden_cpu, token_rows: np.ndarray, jobs: list["ExpertJob"], outputs) -> None:
@@ -323,6 +369,7 @@ class ExpertJob:
     slot: int  # where it is read on the GPU (its cache slot or a staging slot); -1 on the CPU
     start: int
     end: int
+    gpu_share: float = 1.0  # of its work, once placed: 1 on the GPU, 0 on the CPU, between: split
 
     @property
     def row_count(self) -> int:
@@ -337,6 +384,7 @@ class LayerPlan:
     resident: list[ExpertJob] = field(default_factory=list)
     fetched: list[ExpertJob] = field(default_factory=list)  # misses copied, then computed on the GPU
     on_cpu: list[ExpertJob] = field(default_factory=list)
+    split: list[ExpertJob] = field(default_factory=list)  # lone misses computed partly on each side
     background: list[tuple[int, int]] = field(default_factory=list)  # (slot, expert): kept misses run on the CPU
 
 

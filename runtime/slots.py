@@ -19,26 +19,32 @@ class SlotPool:
         self._landed: list[torch.cuda.Event | None] = [None] * slots
         self._released: list[torch.cuda.Event | None] = [None] * slots
 
-    def fill(self, slot: int, host_row: torch.Tensor) -> None:
-        """Start copying one expert (a flat, pinned host row) into ``slot``."""
+    def fill(self, slot: int, host_row: torch.Tensor, ranges: list[tuple[int, int]] | None = None) -> torch.cuda.Event | None:
+        """Start copying one expert (a flat, pinned host row) into ``slot``, or only its element
+        ``ranges``; returns the event of this copy landing (None on the CPU device)."""
+        spans = ranges if ranges is not None else [(0, host_row.numel())]
         if not self.on_cuda:
-            self.buffer[slot].copy_(host_row)
-            return
+            for start, end in spans:
+                self.buffer[slot, start:end].copy_(host_row[start:end])
+            return None
         with torch.cuda.stream(self.copy_stream):
             if self._released[slot] is not None:
                 self.copy_stream.wait_event(self._released[slot])
-            self.buffer[slot].copy_(host_row, non_blocking=True)
+            for start, end in spans:
+                self.buffer[slot, start:end].copy_(host_row[start:end], non_blocking=True)
             landed = torch.cuda.Event()
             landed.record(self.copy_stream)
         self._landed[slot] = landed
+        return landed
 
-    def acquire(self, slot: int, waits: list | None = None) -> torch.Tensor:
-        """The slot's row, for kernels queued after its copy lands.
+    def acquire(self, slot: int, waits: list | None = None, landed: torch.cuda.Event | None = None) -> torch.Tensor:
+        """The slot's row, for kernels queued after its copy lands (or after ``landed``, one
+        partial copy of ``fill``, when they read only that part).
 
         When the copy is still in flight and ``waits`` is given, a pair of timing events around
         the wait is appended to it, so the time the GPU stood idle can be read afterwards.
         """
-        landed = self._landed[slot] if self.on_cuda else None
+        landed = (landed or self._landed[slot]) if self.on_cuda else None
         if landed is not None:
             stream = torch.cuda.current_stream(self.device)
             if waits is not None and not landed.query():

@@ -21,6 +21,7 @@ class RuntimeStats:
     fetched: int = 0  # misses computed on the GPU after their copy
     staged: int = 0  # of those, misses the policy did not keep, copied into a staging slot
     cpu_experts: int = 0  # misses computed on the CPU, one per expert and layer pass whatever its rows
+    split: int = 0  # misses computed partly on the GPU and partly on the CPU (runtime.split)
     copy_waits: int = 0  # hits whose copy had not landed when the layer ran
     copy_wait_s: float = 0.0  # GPU time spent waiting for those copies
     prefill_tokens: int = 0
@@ -57,7 +58,7 @@ class RuntimeStats:
     def summary(self) -> dict:
         return {
             "hits": self.hits, "misses": self.misses, "hit_rate": self.hit_rate, "bypassed": self.bypassed,
-            "copies": self.copies, "fetched": self.fetched, "cpu_experts": self.cpu_experts, "staged": self.staged, "copy_waits": self.copy_waits, "copy_wait_s": self.copy_wait_s,
+            "copies": self.copies, "fetched": self.fetched, "cpu_experts": self.cpu_experts, "split": self.split, "staged": self.staged, "copy_waits": self.copy_waits, "copy_wait_s": self.copy_wait_s,
             "prefill_tokens": self.prefill_tokens, "prefill_s": self.prefill_s,
             "decode_tokens": self.decode_tokens, "decode_s": self.decode_s,
             "decode_tokens_per_s": self.decode_tokens_per_s,

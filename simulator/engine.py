@@ -2,8 +2,8 @@
 
 Each (forward pass, MoE layer) is charged as the runtime executes it: the dense part on the GPU,
 then hits on the GPU from their slots (waiting for a copy still in flight), then each miss where
-``schedule.split_misses`` puts it: on the CPU, or on the GPU after its copy (copies run one after
-another on the PCIe link). The layer takes as long as the slower of the GPU and CPU paths, plus a
+``schedule.split_misses`` puts it: on the CPU, on the GPU after its copy (copies run one after
+another on the PCIe link), or a lone miss split between the two. The layer takes as long as the slower of the GPU and CPU paths, plus a
 fixed dispatch overhead.
 """
 
@@ -150,7 +150,7 @@ def _charge_time(
     miss_tokens = np.zeros(num_experts, np.int64)
     miss_admitted = np.zeros(num_experts, np.bool_)
     miss_slot = np.zeros(num_experts, np.int64)
-    on_gpu = np.zeros(num_experts, np.bool_)
+    gpu_share = np.zeros(num_experts)
     copy_end = np.zeros(num_experts)
     spent = np.zeros(4)  # CPU, GPU, link busy, stall
     clock = 0.0
@@ -197,7 +197,7 @@ def _charge_time(
                 n_missed += 1
         gpu, cpu, link_free = split_misses(
             miss_tokens, miss_admitted, n_missed, miss_paths, start + dense, gpu, link_free,
-            host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent,
+            host, cpu_s, gpu_s, rates, gpu_share, copy_end, spent,
         )  # fmt: skip
         for j in range(n_missed):
             if miss_admitted[j]:

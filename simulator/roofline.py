@@ -3,8 +3,10 @@
 For each (pass, layer) the cache state is what the run had; what is free is where each miss is
 computed. The bound is the dense work plus the slower of two perfectly overlapped paths: the CPU
 computing some misses one after another, and the GPU computing the hits and the other misses
-after their copies (copies back to back on the link). Dispatch overhead is left out on purpose:
-it is what a real runtime loses, and the gap to this bound is what there is left to win.
+after their copies (copies back to back on the link). When the model's experts can be split
+(``Profile.split_experts``), one miss may be shared between the two paths in any proportion, as
+the runtime can (only a layer's lone miss, there). Dispatch overhead is left out on purpose: it
+is what a real runtime loses, and the gap to this bound is what there is left to win.
 """
 
 from __future__ import annotations
@@ -54,5 +56,12 @@ def roofline(replay: ReplayInput, outcome: np.ndarray, profile: Profile, threads
             if len(fetched):
                 gpu_path = max(gpu_path, len(fetched) * copy_s + gpu_s[fetched[-1]])
             best = min(best, max(cpu_path, gpu_path))
+            if profile.split_experts and len(fetched):  # the first fetched one shared: share f copied first
+                shared, after = fetched[0], fetched[1:]
+                tail = gpu_s[after[-1] if len(after) else shared]
+                f = (cpu_path + cpu_s[shared] - len(after) * copy_s - tail) / (cpu_s[shared] + copy_s)
+                f = min(max(f, 0.0), 1.0)
+                link_path = (len(after) + f) * copy_s + tail
+                best = min(best, max(cpu_path + (1 - f) * cpu_s[shared], hits_s + gpu_s[fetched].sum(), link_path))
         totals[int(replay.group_decode[g])] += dense_s[replay.group_tokens[g]] + best
     return Roofline(prefill_s=totals[0], decode_s=totals[1], decode_tokens=replay.decode_tokens)

@@ -7,6 +7,10 @@ it). On the lent H100 host one expert copies (6.5 ms) about as fast as the CPU c
 HybriMoE's intra-layer scheduling does. The rule is greedy, in the order the misses are handed
 in: each goes where it would finish first given what the two paths already hold. The simulator
 calls it with its clocks; the runtime with its own estimate of the link and the profile's rates.
+
+A layer with a single miss leaves one path idle whichever way it goes, so that miss may also be
+split (``runtime.split``): the GPU computes a share of its intermediate units and output rows
+from a copy of just those weights, the CPU the rest, sized so both end together.
 """
 
 from __future__ import annotations
@@ -19,18 +23,22 @@ CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
 (expertcache), the GPU always (on-demand fetching)."""
 
 
-RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s")
+RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "splittable")
 """The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``)."""
 
 
 def rates_of(profile, expert_bytes: int) -> np.ndarray:
     """``split_misses``' rates for a ``costs.Profile`` and an expert size."""
     return np.array([profile.copy_s(expert_bytes), profile.cpu_slowdown_during_copy,
-                     profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3])  # fmt: skip
+                     profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3,
+                     float(profile.split_experts)])  # fmt: skip
+
+MIN_SHARE = 0.05
+"""A split gives each side at least this share of the expert, or the miss runs whole on one side."""
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu_s, gpu_s, rates, on_gpu, copy_end, spent):
+def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu_s, gpu_s, rates, gpu_share, copy_end, spent):
     """Place a layer's misses and advance the clocks; returns ``(gpu, cpu, link_free)``.
 
     ``tokens[j]``: rows of miss ``j`` (``j < count``); ``admitted[j]``: the cache gave it a
@@ -46,10 +54,12 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     pays ``cpu_overhead_s`` once (its input to the host, the outputs back). Copies a GPU
     computation waits for go first; those of kept misses computed on the CPU queue behind them.
 
-    Each miss is placed greedily where it would finish first, judged at its turn; then the
-    layer is charged with every placement known (a copy is slowed when the layer has CPU work,
-    which a later miss may add). Writes ``on_gpu[j]`` and ``copy_end[j]`` (-1 when not copied)
-    and adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
+    Each miss is placed greedily where it would finish first, judged at its turn; a lone miss
+    of a ``splittable`` model may instead be split, the GPU's share copied first (a second
+    launch queues its output half). Then the layer is charged with every placement known (a copy
+    is slowed when the layer has CPU work, which a later miss may add). Writes ``gpu_share[j]``
+    (1: on the GPU, 0: on the CPU, between: split) and ``copy_end[j]`` (-1 when not copied) and
+    adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
     """
     copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s = rates[0], rates[1], rates[2], rates[3], rates[4]
     # decide
@@ -62,8 +72,12 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         gpu_finish = max(max(gpu_path, copied_at) + gpu_s[n], issued + launch_s)
         copying = link > cpu or background > 0 or admitted[j]
         cpu_finish = cpu + cpu_s[n] * (cpu_slowdown if copying else 1.0) + (cpu_overhead_s if first_on_cpu else 0.0)
-        on_gpu[j] = mode == GPU_ONLY or (mode == HYBRID and gpu_finish < cpu_finish)
-        if on_gpu[j]:
+        on_gpu = mode == GPU_ONLY or (mode == HYBRID and gpu_finish < cpu_finish)
+        gpu_share[j] = 1.0 if on_gpu else 0.0
+        if mode == HYBRID and count == 1 and rates[5] > 0:
+            gpu_share[j] = _split_share(n, starts, max(gpu_path, starts), issued, cpu, min(gpu_finish, cpu_finish),
+                                        cpu_s, gpu_s, rates, gpu_share[j])  # fmt: skip
+        if on_gpu:
             gpu_path, link = gpu_finish, copied_at
             issued += launch_s
             cpu += launch_s
@@ -75,17 +89,19 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     copies = 0
     on_cpu = 0
     for j in range(count):
-        copies += on_gpu[j] or admitted[j]
-        on_cpu += not on_gpu[j]
+        copies += gpu_share[j] > 0 or admitted[j]
+        on_cpu += gpu_share[j] < 1
     copy_time = copy_s * (copy_slowdown if on_cpu > 0 else 1.0)
     cpu_time_factor = cpu_slowdown if copies > 0 or link_free > ready else 1.0
     link = max(link_free, ready)
+    link_busy = 0.0
     for j in range(count):
         n = tokens[j]
         copy_end[j] = -1.0
-        if on_gpu[j]:
-            link = max(link, host) + copy_time
-            host += launch_s
+        if gpu_share[j] > 0:
+            link = max(link, host) + gpu_share[j] * copy_time
+            link_busy += gpu_share[j] * copy_time
+            host += launch_s * (1.0 if gpu_share[j] == 1 else 2.0)
             copy_end[j] = link
             spent[3] += max(0.0, link - gpu)
             spent[1] += gpu_s[n]
@@ -93,11 +109,28 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     cpu = host + (cpu_overhead_s if on_cpu > 0 else 0.0)
     spent[0] += cpu - host
     for j in range(count):
-        if not on_gpu[j]:
-            spent[0] += cpu_s[tokens[j]] * cpu_time_factor
-            cpu += cpu_s[tokens[j]] * cpu_time_factor
+        if gpu_share[j] < 1:
+            spent[0] += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
+            cpu += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
             if admitted[j]:
-                link += copy_time
+                link += copy_time * (1.0 - gpu_share[j])
+                link_busy += copy_time * (1.0 - gpu_share[j])
                 copy_end[j] = link
-    spent[2] += copies * copy_time
+    spent[2] += link_busy
     return gpu, cpu, link if copies else link_free
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _split_share(n, starts, gpu_from, issued, cpu, whole_finish, cpu_s, gpu_s, rates, whole_share):
+    """The GPU's share of a lone miss split across both paths, or ``whole_share`` when a split
+    would not finish first. The copy of the GPU's share and the CPU's share run at the same time,
+    so both are slowed; the CPU starts once the host has queued both halves of the GPU's work."""
+    copy = rates[0] * rates[2]
+    on_cpu = cpu_s[n] * rates[1]
+    cpu_starts = max(cpu, issued + 2 * rates[3]) + rates[4]
+    # GPU ends at starts + f * copy + gpu_s[n] (once its path is free), the CPU at cpu_starts + (1 - f) * on_cpu
+    share = (cpu_starts + on_cpu - starts - gpu_s[n]) / (copy + on_cpu)
+    if share < MIN_SHARE or share > 1.0 - MIN_SHARE:
+        return whole_share
+    finish = max(max(gpu_from, starts + share * copy) + gpu_s[n], cpu_starts + (1.0 - share) * on_cpu)
+    return share if finish < whole_finish else whole_share

@@ -15,8 +15,14 @@ from expertcache.traces.io import read_trace
 EXPERT_BYTES = 1_000_000
 
 
-def profile(copy_ms: float) -> Profile:
-    """Round numbers: dense 1 ms, GPU expert 0.1 ms, CPU expert 10 ms, no overhead."""
+def rates(copy_s: float, cpu_slowdown: float, copy_slowdown: float, launch_s: float = 0.0, cpu_overhead_s: float = 0.0,
+          splittable: bool = False) -> np.ndarray:  # fmt: skip
+    """``split_misses``' rates array, in ``schedule.RATES`` order."""
+    return np.array([copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, float(splittable)])
+
+
+def profile(copy_ms: float, split_experts: bool = False) -> Profile:
+    """Round numbers: dense 1 ms, GPU expert 0.1 ms, CPU expert 10 ms, no overhead; whole experts only."""
     return Profile(
         name="hand",
         expert_bytes=EXPERT_BYTES,
@@ -25,6 +31,7 @@ def profile(copy_ms: float) -> Profile:
         gpu_expert_ms={1: 0.1},
         dense_ms={1: 1.0},
         layer_overhead_ms=0.0,
+        split_experts=split_experts,
     )
 
 
@@ -44,6 +51,15 @@ def test_a_miss_runs_on_the_cpu_while_its_copy_makes_the_next_token_hit(three_to
     assert result.stall_s == pytest.approx(0.0)
     assert result.cpu_s == pytest.approx(10e-3)
     assert result.pcie_busy_s == pytest.approx(10e-3)
+
+
+def test_a_splittable_model_splits_the_lone_miss_and_still_keeps_the_expert(three_tokens):
+    result = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=10.0, split_experts=True), threads=4)
+    # token 0: dense 1, then f * 10 + 0.1 = (1 - f) * 10 at f = 0.495: done at 6.05 instead of 11;
+    # the rest of the copy lands at 11 ms, so token 1 (dense done at 7.05) waits for it, then hits
+    assert (result.hits, result.misses) == (2, 1)
+    assert result.decode_s == pytest.approx((6.05 + 5.05 + 1.1) / 1e3)
+    assert result.cpu_s == pytest.approx(5.05e-3) and result.pcie_busy_s == pytest.approx(10e-3)
 
 
 def test_a_cpu_measured_slower_moves_the_miss_to_the_copy_path(three_tokens):
@@ -106,28 +122,28 @@ def test_prefill_sends_a_busy_expert_to_the_gpu_when_copying_is_faster(tmp_path)
 
 def test_a_bypassed_miss_on_the_cpu_leaves_the_link_free():
     cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
-    on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
+    on_gpu, copy_end, spent = np.zeros(2), np.zeros(2), np.zeros(4)
     # two one-row misses the cache did not keep; ready at 1, copies take 6
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 1.0, 1.0, 0.0, 1.0,
-                                  cpu_s, gpu_s, np.array([6.0, 1.5, 1.0, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
+                                  cpu_s, gpu_s, rates(6.0, 1.5, 1.0), on_gpu, copy_end, spent)  # fmt: skip
     # first: staged copy 1→7, GPU 7.1 < CPU 1 + 15 (slowed by that copy) → GPU;
     # second: copy 7→13, GPU 13.1 < CPU 1 + 15 = 16 → GPU as well
     assert on_gpu.tolist() == [True, True] and copy_end.tolist() == [7.0, 13.0]
     assert (gpu, cpu, link) == pytest.approx((13.1, 1.0, 13.0))
     # never copied when the CPU is the only path, and the link stays where it was
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, CPU_ONLY, 1.0, 1.0, 0.0, 1.0,
-                                  cpu_s, gpu_s, np.array([6.0, 1.5, 1.0, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
+                                  cpu_s, gpu_s, rates(6.0, 1.5, 1.0), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [False, False] and copy_end.tolist() == [-1.0, -1.0]
     assert (gpu, cpu, link) == pytest.approx((1.0, 21.0, 0.0))
 
 
 def test_a_copy_is_slowed_while_the_cpu_computes_in_the_same_layer():
     cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
-    on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
+    on_gpu, copy_end, spent = np.zeros(2), np.zeros(2), np.zeros(4)
     # miss 0 is copied (7.1 < 11); miss 1 then runs on the CPU, so the layer's copy shares
     # memory with CPU work: charged 6 x 1.5 = 9, the CPU 10 x 1.2 = 12
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 1.0, 1.0, 0.0, 1.0,
-                                  cpu_s, gpu_s, np.array([6.0, 1.2, 1.5, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
+                                  cpu_s, gpu_s, rates(6.0, 1.2, 1.5), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, False]
     assert (gpu, cpu, link) == pytest.approx((10.1, 13.0, 10.0))
     assert spent.tolist() == pytest.approx([12.0, 0.1, 9.0, 9.0])
@@ -135,28 +151,58 @@ def test_a_copy_is_slowed_while_the_cpu_computes_in_the_same_layer():
 
 def test_the_host_queues_gpu_work_before_it_computes_on_the_cpu():
     cpu_s, gpu_s = np.array([0.0, 1.0]), np.array([0.0, 0.1])
-    on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
+    on_gpu, copy_end, spent = np.zeros(2), np.zeros(2), np.zeros(4)
     # ready at 0 with 3 hits to queue at 0.2 each: the CPU can start at 0.6. Miss 0: copied 0.6 →
     # 1.1, GPU 1.2 < CPU 1.6 → GPU, queued by 0.8; miss 1: copied 1.1 → 1.6, GPU 1.7 < CPU 0.8 + 1
     # = 1.8 → GPU too; the host is done queueing at 1.0
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.3, 0.0, 0.6,
-                                  cpu_s, gpu_s, np.array([0.5, 1.0, 1.0, 0.2]), on_gpu, copy_end, spent)  # fmt: skip
+                                  cpu_s, gpu_s, rates(0.5, 1.0, 1.0, launch_s=0.2), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, True] and copy_end.tolist() == pytest.approx([1.1, 1.6])
     assert (gpu, cpu, link) == pytest.approx((1.7, 1.0, 1.6))
     # queueing for free, the second miss runs on the CPU instead (done at 1.0, before its GPU 1.1)
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.3, 0.0, 0.0,
-                                  cpu_s, gpu_s, np.array([0.5, 1.0, 1.0, 0.0]), on_gpu, copy_end, spent)  # fmt: skip
+                                  cpu_s, gpu_s, rates(0.5, 1.0, 1.0), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, False] and cpu == pytest.approx(1.0)
 
 
 def test_a_layer_with_cpu_work_pays_the_cpu_paths_overhead_once():
     cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
-    on_gpu, copy_end, spent = np.zeros(2, np.bool_), np.zeros(2), np.zeros(4)
-    rates = np.array([6.0, 1.0, 1.0, 0.0, 0.5])
+    on_gpu, copy_end, spent = np.zeros(2), np.zeros(2), np.zeros(4)
+    costs = rates(6.0, 1.0, 1.0, cpu_overhead_s=0.5)
     gpu, cpu, _ = split_misses(np.array([1, 1]), np.array([False, False]), 2, CPU_ONLY, 1.0, 1.0, 0.0, 1.0,
-                               cpu_s, gpu_s, rates, on_gpu, copy_end, spent)  # fmt: skip
+                               cpu_s, gpu_s, costs, on_gpu, copy_end, spent)  # fmt: skip
     assert cpu == pytest.approx(1.0 + 0.5 + 20.0) and spent[0] == pytest.approx(20.5)
     # a lone miss: copy 6 + GPU 0.1 against CPU 10 + 0.5; a cheaper CPU loses by its overhead alone
     cheap = np.array([0.0, 6.0])
-    split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0, cheap, gpu_s, rates, on_gpu, copy_end, spent)
+    split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0, cheap, gpu_s, costs, on_gpu, copy_end, spent)
     assert on_gpu[0]
+
+
+@pytest.mark.parametrize("admitted", [False, True])
+def test_a_lone_miss_is_split_so_that_both_paths_end_together(admitted):
+    cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
+    share, copy_end, spent = np.zeros(1), np.zeros(1), np.zeros(4)
+    # whole: copy 6 + GPU 0.1 = 6.1 beats CPU 10; split: f * 6 + 0.1 = (1 - f) * 10 at f = 9.9 / 16
+    gpu, cpu, link = split_misses(np.array([1]), np.array([admitted]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                                  cpu_s, gpu_s, rates(6.0, 1.0, 1.0, splittable=True), share, copy_end, spent)  # fmt: skip
+    f = 9.9 / 16
+    assert share[0] == pytest.approx(f)
+    assert (gpu, cpu) == pytest.approx((6 * f + 0.1, 10 * (1 - f)))
+    # the GPU's slices land first; a kept expert's remaining bytes follow on the link
+    assert link == pytest.approx(6.0 if admitted else 6 * f) and copy_end[0] == pytest.approx(link)
+    assert spent.tolist() == pytest.approx([10 * (1 - f), 0.1, link, 6 * f])
+
+
+def test_no_split_for_a_layout_that_cannot_be_cut_nor_when_a_whole_side_is_sooner():
+    cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
+    share, copy_end, spent = np.zeros(2), np.zeros(2), np.zeros(4)
+    split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0, cpu_s, gpu_s, rates(6.0, 1.0, 1.0), share, copy_end, spent)
+    assert share[0] == 1.0
+    # the link busy for 20 more: the GPU's share would wait behind it, the CPU alone ends at 10
+    split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 20.0, 0.0,
+                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, splittable=True), share, copy_end, spent)  # fmt: skip
+    assert share[0] == 0.0
+    # two misses run one on each side, never split
+    split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, splittable=True), share, copy_end, spent)  # fmt: skip
+    assert share.tolist() == [1.0, 0.0]
