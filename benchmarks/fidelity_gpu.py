@@ -20,6 +20,7 @@ import json
 import os
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -101,13 +102,15 @@ def main() -> None:
                 predicted = simulate(replay, config.geometry, policy, profile, args.threads)
                 local = profile.with_cpu_slower((before_ms + after_ms) / 2 / calibrated_ms)
                 predicted_local = simulate(replay, config.geometry, policy, local, args.threads)
+                whole = simulate(replay, config.geometry, policy, replace(profile, split_min_gpu_share=0.0), args.threads)
                 row = {"sets": sets, "ways": ways, "policy": policy, "measured_tokens_per_s": measured.decode_tokens_per_s,
                        "predicted_tokens_per_s": predicted.tokens_per_s, "measured_hit_rate": measured.hit_rate,
                        "predicted_hit_rate": predicted.hit_rate, "measured_cpu_s": float(measured.layer_cpu_s.sum()),
                        "predicted_cpu_s": predicted.cpu_s, "measured_decode_s": measured.decode_s, "predicted_decode_s": predicted.decode_s,
                        "predicted_stall_s": predicted.stall_s, "measured_copy_wait_s": measured.copy_wait_s, "copies": measured.copies,
-                       "repeat": repeat, "cpu_experts": measured.cpu_experts, "cpu_expert_ms_before": before_ms, "cpu_expert_ms_after": after_ms,
-                       "predicted_local_tokens_per_s": predicted_local.tokens_per_s, "predicted_local_cpu_s": predicted_local.cpu_s}  # fmt: skip
+                       "repeat": repeat, "cpu_experts": measured.cpu_experts, "measured_split": measured.split, "predicted_split": predicted.split, "cpu_expert_ms_before": before_ms, "cpu_expert_ms_after": after_ms,
+                       "predicted_local_tokens_per_s": predicted_local.tokens_per_s, "predicted_local_cpu_s": predicted_local.cpu_s,
+                       "predicted_without_splits_tokens_per_s": whole.tokens_per_s}  # fmt: skip
                 row["error"] = row["predicted_tokens_per_s"] / row["measured_tokens_per_s"] - 1
                 row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
                 rows.append(row)

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from expertcache.runtime.experts import expert_ffn
-from expertcache.runtime.split import splittable
+from expertcache.runtime.split import least_gpu_share
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.placements import AllOnCpu
 
@@ -133,7 +133,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         copy_slowdown_during_cpu=copy_slowdown,
         gpu_launch_ms=launch_ms,
         cpu_path_overhead_ms=cpu_overhead_ms,
-        split_experts=splittable(module, layout),
+        split_min_gpu_share=least_gpu_share(module, layout),
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores; dense_ms holds all time per layer outside expert work (dispatch included)",
     )

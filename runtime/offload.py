@@ -5,7 +5,7 @@ Per MoE layer of a forward pass, in the order the simulator replays them: the la
 resident run on the GPU from their slots. Each miss runs where the simulator's rule
 (``schedule.split_misses``) says it finishes first: on the CPU right away, on the GPU once
 copied (into its new slot, or a staging slot when the policy does not keep it), or, for a
-layer's lone miss, split between the two (``runtime.split``). Misses the cache keeps are copied
+layer's lone miss, shared between the two (``runtime.split``). Misses the cache keeps are copied
 either way, so the next token that wants them hits. The host waits for
 the GPU once per layer, for the routing; all GPU work is queued without waiting, so the CPU
 computes its share while the GPU computes and the link copies theirs.
@@ -25,7 +25,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.slots import SlotPool
-from expertcache.runtime.split import Cut, gpu_ranges, remaining_ranges, rows_out, splittable, units_out
+from expertcache.runtime.split import Cut, least_gpu_share, units_out
 from expertcache.runtime.stats import RuntimeStats
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
@@ -105,7 +105,8 @@ class CachedExperts:
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._rates = rates_of(profile, layout.nbytes)
-        self._rates[5] *= splittable(layers[0][1], layout)
+        if self._rates[5] > 0:  # the profile allows splits: at this model's least GPU share, or none
+            self._rates[5] = least_gpu_share(layers[0][1], layout)
         self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end
         self.step = -1
         self.request = 0
@@ -306,34 +307,31 @@ class CachedExperts:
     def _run_split(
         self, module, record: LayerPass, hidden, hidden_cpu, token_rows, cpu_rows: np.ndarray, job: "ExpertJob", outputs
     ) -> None:
-        """One miss computed in two halves (``runtime.split``): the copies of the GPU's slices
-        go first, then the rest of the expert when the cache keeps it; each half of each
-        contraction is queued or computed as soon as its inputs can be."""
+        """One miss shared between the two sides (``runtime.split``): the GPU's slices are copied
+        first (then the CPU's when the cache keeps the expert); the CPU computes its units while
+        they travel; the GPU computes its units once they land and the output projection once
+        the CPU's activations are in."""
         cut = Cut.of(self.layout, job.gpu_share)
         host_row = self.host[record.layer][job.expert]
-        units_ranges, rows_ranges = gpu_ranges(self.layout, cut)
-        units_landed = self.pool.fill(job.slot, host_row, units_ranges)
-        rows_landed = self.pool.fill(job.slot, host_row, rows_ranges)
+        gpu_units = cut.unit_ranges(self.layout, on_gpu=True)
+        units_landed = self.pool.fill(job.slot, host_row, gpu_units) if gpu_units else None
+        down_landed = self.pool.fill(job.slot, host_row, cut.down_ranges(self.layout))
         if job.slot < self.config.slots:  # kept: the rest follows, behind what the GPU waits for
-            self.pool.fill(job.slot, host_row, remaining_ranges(self.layout, cut))
-        on_host = self.layout.views(host_row)
+            self.pool.fill(job.slot, host_row, cut.unit_ranges(self.layout, on_gpu=False))
         waited = len(record.wait_events)
-
-        on_gpu = self.layout.views(self.pool.acquire(job.slot, record.wait_events, units_landed))
-        units_gpu = self._timed_on_gpu(record, lambda: units_out(module, hidden[token_rows[job.start : job.end]], on_gpu, 0, cut.units))
+        parts = []
+        if gpu_units:
+            weights = self.layout.views(self.pool.acquire(job.slot, record.wait_events, units_landed))
+            rows = hidden[token_rows[job.start : job.end]]
+            parts.append(self._timed_on_gpu(record, lambda: units_out(module, rows, weights, 0, cut.units)))
         started = time.perf_counter()
-        units_cpu = units_out(module, hidden_cpu[torch.from_numpy(cpu_rows[job.start : job.end])], on_host, cut.units, cut.intermediate)
+        on_host = hidden_cpu[torch.from_numpy(cpu_rows[job.start : job.end])]
+        units_cpu = units_out(module, on_host, self.layout.views(host_row), cut.units, cut.intermediate)
         record.cpu_s += time.perf_counter() - started
-        units_host = torch.cat([units_gpu.to("cpu"), units_cpu], dim=-1)  # waits for the GPU's units
-        units_device = torch.cat([units_gpu, units_cpu.to(self.device, non_blocking=True)], dim=-1)
-
-        self.pool.acquire(job.slot, record.wait_events, rows_landed)
-        rows_gpu = self._timed_on_gpu(record, lambda: rows_out(units_device, on_gpu, 0, cut.rows))
+        parts.append(units_cpu.to(self.device, non_blocking=True))
+        down = self.layout.views(self.pool.acquire(job.slot, record.wait_events, down_landed))["down_proj"]
+        outputs[job.expert] = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), down))
         self.pool.release(job.slot)
-        started = time.perf_counter()
-        rows_cpu = rows_out(units_host, on_host, cut.rows, cut.hidden)
-        record.cpu_s += time.perf_counter() - started
-        outputs[job.expert] = torch.cat([rows_gpu, rows_cpu.to(self.device, non_blocking=True)], dim=-1)
         self.stats.copy_waits += len(record.wait_events) - waited
 
     def _timed_on_gpu(self, record: LayerPass, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:

@@ -42,7 +42,7 @@ class Profile:
     copy_slowdown_during_cpu: float = 1.0  # copy time factor while CPU experts share memory bandwidth
     gpu_launch_ms: float = 0.0  # host time to queue one GPU expert (the host queues them before CPU work)
     cpu_path_overhead_ms: float = 0.0  # per layer computing any expert on the CPU: input to the host, outputs back
-    split_experts: bool = True  # the model's expert layout lets one expert run partly on each side (runtime.split)
+    split_min_gpu_share: float = 1 / 3  # a split miss leaves the GPU at least this share of its bytes (runtime.split); 0: no splits
     notes: str = ""
 
     def __post_init__(self) -> None:

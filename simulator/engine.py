@@ -94,6 +94,7 @@ class SimResult:
     hits: int
     misses: int
     bypassed: int
+    split: int  # misses computed partly on the GPU and partly on the CPU
     decode_hits: int
     decode_misses: int
     tokens_per_s: float  # decode tokens per second
@@ -120,7 +121,7 @@ class SimResult:
         """The flat record that sweeps tabulate and ``simulate --format json`` prints."""
         return {
             "sets": self.sets, "ways": self.ways, "slots": self.sets * self.ways, "policy": self.policy,
-            "threads": self.threads, "hits": self.hits, "misses": self.misses, "bypassed": self.bypassed,
+            "threads": self.threads, "hits": self.hits, "misses": self.misses, "bypassed": self.bypassed, "split": self.split,
             "hit_rate": self.hit_rate, "decode_hit_rate": self.decode_hit_rate,
             "tokens_per_s": self.tokens_per_s, "prefill_s": self.prefill_s, "decode_s": self.decode_s,
             "gpu_s": self.gpu_s, "cpu_s": self.cpu_s, "pcie_busy_s": self.pcie_busy_s,
@@ -140,7 +141,7 @@ def _charge_time(
     them; then ``schedule.split_misses`` places the misses by ``miss_paths``.
 
     ``totals`` receives prefill, CPU, GPU, PCIe-busy, stall, overhead and decode seconds;
-    ``counts`` decode hits, decode misses and bypassed misses; the layer arrays hits and misses.
+    ``counts`` decode hits, decode misses, bypassed and split misses; the layer arrays hits and misses.
     Counting here saves separate passes over the (millions of) accesses.
     """
     copy_done = np.zeros(num_slots)
@@ -200,6 +201,7 @@ def _charge_time(
             host, cpu_s, gpu_s, rates, gpu_share, copy_end, spent,
         )  # fmt: skip
         for j in range(n_missed):
+            counts[3] += 0 < gpu_share[j] < 1
             if miss_admitted[j]:
                 copy_done[miss_slot[j]] = copy_end[j]
         spent[1] += dense
@@ -245,7 +247,7 @@ def simulate(
         hit, slot, _ = decider.access_many(replay.layer, replay.expert, replay.weight, 0)
     max_tokens = int(replay.group_tokens.max())
     totals = np.zeros(7)
-    counts = np.zeros(3, dtype=np.int64)
+    counts = np.zeros(4, dtype=np.int64)
     layer_hits = np.zeros(meta.num_layers, dtype=np.int64)
     layer_misses = np.zeros(meta.num_layers, dtype=np.int64)
     _charge_time(
@@ -268,6 +270,7 @@ def simulate(
         hits=hits,
         misses=count - hits,
         bypassed=int(counts[2]),
+        split=int(counts[3]),
         decode_hits=int(counts[0]),
         decode_misses=int(counts[1]),
         tokens_per_s=replay.decode_tokens / decode_s if decode_s > 0 else 0.0,

@@ -4,8 +4,8 @@ For each (pass, layer) the cache state is what the run had; what is free is wher
 computed. The bound is the dense work plus the slower of two perfectly overlapped paths: the CPU
 computing some misses one after another, and the GPU computing the hits and the other misses
 after their copies (copies back to back on the link). When the model's experts can be split
-(``Profile.split_experts``), one miss may be shared between the two paths in any proportion, as
-the runtime can (only a layer's lone miss, there). Dispatch overhead is left out on purpose: it
+(``Profile.split_min_gpu_share`` > 0), one miss may be shared between the two paths, the GPU
+taking at least that share of it, as the runtime can (only a layer's lone miss, there). Dispatch overhead is left out on purpose: it
 is what a real runtime loses, and the gap to this bound is what there is left to win.
 """
 
@@ -56,11 +56,11 @@ def roofline(replay: ReplayInput, outcome: np.ndarray, profile: Profile, threads
             if len(fetched):
                 gpu_path = max(gpu_path, len(fetched) * copy_s + gpu_s[fetched[-1]])
             best = min(best, max(cpu_path, gpu_path))
-            if profile.split_experts and len(fetched):  # the first fetched one shared: share f copied first
+            if profile.split_min_gpu_share > 0 and len(fetched):  # the first fetched one shared: share f copied first
                 shared, after = fetched[0], fetched[1:]
                 tail = gpu_s[after[-1] if len(after) else shared]
                 f = (cpu_path + cpu_s[shared] - len(after) * copy_s - tail) / (cpu_s[shared] + copy_s)
-                f = min(max(f, 0.0), 1.0)
+                f = min(max(f, profile.split_min_gpu_share), 1.0)
                 link_path = (len(after) + f) * copy_s + tail
                 best = min(best, max(cpu_path + (1 - f) * cpu_s[shared], hits_s + gpu_s[fetched].sum(), link_path))
         totals[int(replay.group_decode[g])] += dense_s[replay.group_tokens[g]] + best

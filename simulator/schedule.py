@@ -9,8 +9,9 @@ in: each goes where it would finish first given what the two paths already hold.
 calls it with its clocks; the runtime with its own estimate of the link and the profile's rates.
 
 A layer with a single miss leaves one path idle whichever way it goes, so that miss may also be
-split (``runtime.split``): the GPU computes a share of its intermediate units and output rows
-from a copy of just those weights, the CPU the rest, sized so both end together.
+split (``runtime.split``): the CPU computes some of its intermediate units while the weights of
+the others and of the output projection are copied, sized so that both end together; the GPU
+then finishes the expert.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
 (expertcache), the GPU always (on-demand fetching)."""
 
 
-RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "splittable")
+RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "split_min_gpu_share")
 """The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``)."""
 
 
@@ -31,10 +32,10 @@ def rates_of(profile, expert_bytes: int) -> np.ndarray:
     """``split_misses``' rates for a ``costs.Profile`` and an expert size."""
     return np.array([profile.copy_s(expert_bytes), profile.cpu_slowdown_during_copy,
                      profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3,
-                     float(profile.split_experts)])  # fmt: skip
+                     profile.split_min_gpu_share])  # fmt: skip
 
-MIN_SHARE = 0.05
-"""A split gives each side at least this share of the expert, or the miss runs whole on one side."""
+MIN_CPU_SHARE = 0.05
+"""A split leaves the CPU at least this share of the expert, or the miss runs whole on the GPU."""
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -55,8 +56,8 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     computation waits for go first; those of kept misses computed on the CPU queue behind them.
 
     Each miss is placed greedily where it would finish first, judged at its turn; a lone miss
-    of a ``splittable`` model may instead be split, the GPU's share copied first (a second
-    launch queues its output half). Then the layer is charged with every placement known (a copy
+    may instead be split when ``split_min_gpu_share`` > 0, the GPU computing last, once the
+    CPU's share is done and its own copied. Then the layer is charged with every placement known (a copy
     is slowed when the layer has CPU work, which a later miss may add). Writes ``gpu_share[j]``
     (1: on the GPU, 0: on the CPU, between: split) and ``copy_end[j]`` (-1 when not copied) and
     adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
@@ -75,8 +76,7 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         on_gpu = mode == GPU_ONLY or (mode == HYBRID and gpu_finish < cpu_finish)
         gpu_share[j] = 1.0 if on_gpu else 0.0
         if mode == HYBRID and count == 1 and rates[5] > 0:
-            gpu_share[j] = _split_share(n, starts, max(gpu_path, starts), issued, cpu, min(gpu_finish, cpu_finish),
-                                        cpu_s, gpu_s, rates, gpu_share[j])  # fmt: skip
+            gpu_share[j] = _split_share(n, starts, gpu_path, issued, cpu, min(gpu_finish, cpu_finish), cpu_s, gpu_s, rates, gpu_share[j])
         if on_gpu:
             gpu_path, link = gpu_finish, copied_at
             issued += launch_s
@@ -101,7 +101,7 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         if gpu_share[j] > 0:
             link = max(link, host) + gpu_share[j] * copy_time
             link_busy += gpu_share[j] * copy_time
-            host += launch_s * (1.0 if gpu_share[j] == 1 else 2.0)
+            host += launch_s
             copy_end[j] = link
             spent[3] += max(0.0, link - gpu)
             spent[1] += gpu_s[n]
@@ -112,6 +112,8 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         if gpu_share[j] < 1:
             spent[0] += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
             cpu += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
+            if gpu_share[j] > 0:  # split: the GPU finishes the expert once the CPU's units are in
+                gpu = max(gpu, cpu + gpu_s[tokens[j]])
             if admitted[j]:
                 link += copy_time * (1.0 - gpu_share[j])
                 link_busy += copy_time * (1.0 - gpu_share[j])
@@ -123,14 +125,14 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
 @njit(cache=True, error_model="numpy", inline="always")
 def _split_share(n, starts, gpu_from, issued, cpu, whole_finish, cpu_s, gpu_s, rates, whole_share):
     """The GPU's share of a lone miss split across both paths, or ``whole_share`` when a split
-    would not finish first. The copy of the GPU's share and the CPU's share run at the same time,
-    so both are slowed; the CPU starts once the host has queued both halves of the GPU's work."""
+    would not finish first. The copy of the GPU's share and the CPU's work run at the same time,
+    so both are slowed; the CPU starts once the host has queued the GPU's first half."""
     copy = rates[0] * rates[2]
     on_cpu = cpu_s[n] * rates[1]
-    cpu_starts = max(cpu, issued + 2 * rates[3]) + rates[4]
-    # GPU ends at starts + f * copy + gpu_s[n] (once its path is free), the CPU at cpu_starts + (1 - f) * on_cpu
-    share = (cpu_starts + on_cpu - starts - gpu_s[n]) / (copy + on_cpu)
-    if share < MIN_SHARE or share > 1.0 - MIN_SHARE:
+    cpu_starts = max(cpu, issued + rates[3]) + rates[4]
+    # the copy of the GPU's share ends at starts + f * copy, the CPU's share at cpu_starts + (1 - f) * on_cpu
+    share = max((cpu_starts + on_cpu - starts) / (copy + on_cpu), rates[5])
+    if share > 1.0 - MIN_CPU_SHARE:
         return whole_share
-    finish = max(max(gpu_from, starts + share * copy) + gpu_s[n], cpu_starts + (1.0 - share) * on_cpu)
+    finish = max(max(gpu_from, starts + share * copy), cpu_starts + (1.0 - share) * on_cpu) + gpu_s[n]
     return share if finish < whole_finish else whole_share

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -71,11 +72,13 @@ def test_bypassing_and_score_policies_keep_the_output(model_dirs, policy):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_lone_misses_split_between_the_gpu_and_the_cpu_keep_the_output(model_dirs, family):
+@pytest.mark.parametrize("cpu_ms", [12.0, 4.0])  # the GPU takes half of a lone miss; only its output projection
+def test_lone_misses_split_between_the_gpu_and_the_cpu_keep_the_output(model_dirs, family, cpu_ms):
     model_dir = model_dirs(family)
+    profile = replace(SPLIT, cpu_expert_ms={1: {1: cpu_ms}, 2: {1: cpu_ms}})
     splits = 0
     for policy in ("eta", "score"):  # eta's splits go through staging slots; score keeps some, copied whole behind
-        out, runtime = cached_generate(model_dir, CacheConfig(sets=3, ways=2, policy=policy))
+        out, runtime = cached_generate(model_dir, CacheConfig(sets=3, ways=2, policy=policy), profile=profile)
         assert torch.equal(out, reference(model_dir)[1]), policy
         splits += runtime.stats.split
     assert (splits > 0) == (family != "gpt_oss")  # gpt-oss stores its experts transposed: never cut

@@ -16,12 +16,12 @@ EXPERT_BYTES = 1_000_000
 
 
 def rates(copy_s: float, cpu_slowdown: float, copy_slowdown: float, launch_s: float = 0.0, cpu_overhead_s: float = 0.0,
-          splittable: bool = False) -> np.ndarray:  # fmt: skip
-    """``split_misses``' rates array, in ``schedule.RATES`` order."""
-    return np.array([copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, float(splittable)])
+          split_min_gpu_share: float = 0.0) -> np.ndarray:  # fmt: skip
+    """``split_misses``' rates array, in ``schedule.RATES`` order; no splits unless asked."""
+    return np.array([copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, split_min_gpu_share])
 
 
-def profile(copy_ms: float, split_experts: bool = False) -> Profile:
+def profile(copy_ms: float, split_min_gpu_share: float = 0.0) -> Profile:
     """Round numbers: dense 1 ms, GPU expert 0.1 ms, CPU expert 10 ms, no overhead; whole experts only."""
     return Profile(
         name="hand",
@@ -31,7 +31,7 @@ def profile(copy_ms: float, split_experts: bool = False) -> Profile:
         gpu_expert_ms={1: 0.1},
         dense_ms={1: 1.0},
         layer_overhead_ms=0.0,
-        split_experts=split_experts,
+        split_min_gpu_share=split_min_gpu_share,
     )
 
 
@@ -54,12 +54,13 @@ def test_a_miss_runs_on_the_cpu_while_its_copy_makes_the_next_token_hit(three_to
 
 
 def test_a_splittable_model_splits_the_lone_miss_and_still_keeps_the_expert(three_tokens):
-    result = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=10.0, split_experts=True), threads=4)
-    # token 0: dense 1, then f * 10 + 0.1 = (1 - f) * 10 at f = 0.495: done at 6.05 instead of 11;
-    # the rest of the copy lands at 11 ms, so token 1 (dense done at 7.05) waits for it, then hits
-    assert (result.hits, result.misses) == (2, 1)
-    assert result.decode_s == pytest.approx((6.05 + 5.05 + 1.1) / 1e3)
-    assert result.cpu_s == pytest.approx(5.05e-3) and result.pcie_busy_s == pytest.approx(10e-3)
+    result = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=10.0, split_min_gpu_share=1 / 3), threads=4)
+    # token 0: dense 1, then the GPU's half copied (f * 10) while the CPU computes the rest ((1 - f) * 10)
+    # at f = 0.5, then the GPU's 0.1: done at 6.1 instead of 11; the rest of the copy lands at 11 ms,
+    # so token 1 (dense done at 7.1) waits for it, then hits
+    assert (result.hits, result.misses, result.split) == (2, 1, 1)
+    assert result.decode_s == pytest.approx((6.1 + 5.0 + 1.1) / 1e3)
+    assert result.cpu_s == pytest.approx(5e-3) and result.pcie_busy_s == pytest.approx(10e-3)
 
 
 def test_a_cpu_measured_slower_moves_the_miss_to_the_copy_path(three_tokens):
@@ -182,15 +183,23 @@ def test_a_layer_with_cpu_work_pays_the_cpu_paths_overhead_once():
 def test_a_lone_miss_is_split_so_that_both_paths_end_together(admitted):
     cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
     share, copy_end, spent = np.zeros(1), np.zeros(1), np.zeros(4)
-    # whole: copy 6 + GPU 0.1 = 6.1 beats CPU 10; split: f * 6 + 0.1 = (1 - f) * 10 at f = 9.9 / 16
+    # whole: copy 6 + GPU 0.1 = 6.1 beats CPU 10; split: f * 6 = (1 - f) * 10 at f = 10 / 16, then GPU 0.1
     gpu, cpu, link = split_misses(np.array([1]), np.array([admitted]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
-                                  cpu_s, gpu_s, rates(6.0, 1.0, 1.0, splittable=True), share, copy_end, spent)  # fmt: skip
-    f = 9.9 / 16
-    assert share[0] == pytest.approx(f)
-    assert (gpu, cpu) == pytest.approx((6 * f + 0.1, 10 * (1 - f)))
+                                  cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
+    assert share[0] == pytest.approx(10 / 16)
+    assert (gpu, cpu) == pytest.approx((3.85, 3.75))
     # the GPU's slices land first; a kept expert's remaining bytes follow on the link
-    assert link == pytest.approx(6.0 if admitted else 6 * f) and copy_end[0] == pytest.approx(link)
-    assert spent.tolist() == pytest.approx([10 * (1 - f), 0.1, link, 6 * f])
+    assert link == pytest.approx(6.0 if admitted else 3.75) and copy_end[0] == pytest.approx(link)
+    assert spent.tolist() == pytest.approx([3.75, 0.1, link, 3.75])
+
+
+def test_a_split_leaves_the_gpu_at_least_its_least_share():
+    cpu_s, gpu_s = np.array([0.0, 2.5]), np.array([0.0, 0.1])
+    share, copy_end, spent = np.zeros(1), np.zeros(1), np.zeros(4)
+    # balanced at f = 2.5 / 8.5, below a third: the GPU takes a third (copied by 2), the CPU is done at 1.67
+    gpu, cpu, _ = split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                               cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
+    assert share[0] == pytest.approx(1 / 3) and (gpu, cpu) == pytest.approx((2.1, 2.5 * 2 / 3))
 
 
 def test_no_split_for_a_layout_that_cannot_be_cut_nor_when_a_whole_side_is_sooner():
@@ -200,9 +209,9 @@ def test_no_split_for_a_layout_that_cannot_be_cut_nor_when_a_whole_side_is_soone
     assert share[0] == 1.0
     # the link busy for 20 more: the GPU's share would wait behind it, the CPU alone ends at 10
     split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 20.0, 0.0,
-                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, splittable=True), share, copy_end, spent)  # fmt: skip
+                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
     assert share[0] == 0.0
     # two misses run one on each side, never split
     split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.0, 0.0, 0.0,
-                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, splittable=True), share, copy_end, spent)  # fmt: skip
+                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
     assert share.tolist() == [1.0, 0.0]

@@ -53,5 +53,5 @@ def test_roofline_takes_the_faster_of_cpu_and_copy_for_each_miss(two_layers):
     assert slow.decode_s == pytest.approx((2 * 11.0 + 4 * 1.1) / 1e3)
     assert bound.tokens_per_s == pytest.approx(3 / bound.decode_s)
     # experts that can be split: f * 5 + 0.1 = (1 - f) * 10 at f = 0.66, 3.4 ms per miss
-    shared = roofline(two_layers, lru.outcome, profile(copy_ms=5.0, split_experts=True), threads=4)
+    shared = roofline(two_layers, lru.outcome, profile(copy_ms=5.0, split_min_gpu_share=1 / 3), threads=4)
     assert shared.decode_s == pytest.approx((2 * 4.4 + 4 * 1.1) / 1e3)
