@@ -1,0 +1,97 @@
+"""Splitting lone misses on and off, interleaved in one process, with the split's parts timed.
+
+The same `eta` N × 1 cache on a shortened Mixtral shape (trace-forced routing), run with the
+profile's splits allowed and with them turned off (``split_min_gpu_share=0``), alternately, for a
+few rounds (round 0 is a warm-up of one request). Host-side time of every expert computation is
+recorded by wrapping the runtime's functions: whole experts on the CPU and the GPU, the split's
+units on each side, and a whole split miss from its first copy to its last queued kernel:
+
+    python benchmarks/split_ab_gpu.py --trace .device/traces/mixtral-gsm8k.parquet --layers 8 --slots 14 --out split-ab.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections import defaultdict
+from dataclasses import replace
+
+import torch
+
+from expertcache.runtime import offload
+from expertcache.runtime.forced import TraceRouting
+from expertcache.runtime.loader import attach
+from expertcache.runtime.synthetic import build_full_size
+from expertcache.simulator.config import CacheConfig
+from expertcache.simulator.costs import load_profile
+from expertcache.traces.io import read_trace
+
+TIMES: dict[str, list[float]] = defaultdict(list)
+
+
+def timed(name: str, function):
+    """``function``, its host time appended under ``name.cpu`` or ``name.gpu`` by its tensors' device."""
+
+    def wrapper(*args, **kwargs):
+        started = time.perf_counter()
+        out = function(*args, **kwargs)
+        side = "cpu" if any(isinstance(a, torch.Tensor) and a.device.type == "cpu" for a in args) else "gpu"
+        TIMES[f"{name}.{side}"].append(time.perf_counter() - started)
+        return out
+
+    return wrapper
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trace", required=True)
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--slots", type=int, default=14)
+    parser.add_argument("--threads", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=2, help="Measured rounds after the warm-up round.")
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+
+    model, host, top_k = build_full_size("mixtral-8x7b", args.layers, device="cuda")
+    torch.set_num_threads(args.threads)
+    trace = read_trace(args.trace)
+    profile = load_profile("h100")
+    offload.units_out = timed("units", offload.units_out)
+    offload.expert_ffn = timed("whole", offload.expert_ffn)
+    run_split = offload.CachedExperts._run_split
+
+    def timed_split(self, *split_args):
+        started = time.perf_counter()
+        run_split(self, *split_args)
+        TIMES["split_total"].append(time.perf_counter() - started)
+
+    offload.CachedExperts._run_split = timed_split
+    prompts = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for round_ in range(args.rounds + 1):
+        for split in (True, False):
+            TIMES.clear()
+            costs = replace(profile, split_min_gpu_share=profile.split_min_gpu_share if split else 0.0)
+            attach(model, host, CacheConfig(sets=args.slots, ways=1, policy="eta"), torch.device("cuda"), args.threads, costs, top_k)
+            runtime = model.expertcache
+            runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
+            for request in range(2 if round_ else 1):
+                runtime.begin_request(request)
+                with torch.inference_mode():
+                    model.generate(prompts[request : request + 1].cuda(), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+                runtime.end_pass()
+            stats = runtime.stats.summary()
+            row = {"round": round_, "split": split, "tok_s": stats["decode_tokens_per_s"], "splits": stats["split"],
+                   "cpu_experts": stats["cpu_experts"], "fetched": stats["fetched"], "copy_wait_s": stats["copy_wait_s"],
+                   "ms": {name: (len(t), 1e3 * sum(t) / len(t)) for name, t in TIMES.items()}}  # fmt: skip
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            del runtime, model.expertcache
+    with open(args.out, "w") as handle:
+        json.dump(rows, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
