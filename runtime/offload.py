@@ -6,9 +6,9 @@ resident run on the GPU from their slots. Each miss runs where the simulator's r
 (``schedule.split_misses``) says it finishes first: on the CPU right away, on the GPU once
 copied (into its new slot, or a staging slot when the policy does not keep it), or, for a
 layer's lone miss, shared between the two (``runtime.split``). Misses the cache keeps are copied
-either way, so the next token that wants them hits. The host waits for
-the GPU once per layer, for the routing; all GPU work is queued without waiting, so the CPU
-computes its share while the GPU computes and the link copies theirs.
+either way, so the next token that wants them hits. The host waits for the GPU once per layer,
+for the routing; all GPU work is queued without waiting, so the CPU computes its share while the
+GPU computes and the link copies theirs.
 """
 
 from __future__ import annotations

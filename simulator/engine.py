@@ -3,8 +3,8 @@
 Each (forward pass, MoE layer) is charged as the runtime executes it: the dense part on the GPU,
 then hits on the GPU from their slots (waiting for a copy still in flight), then each miss where
 ``schedule.split_misses`` puts it: on the CPU, on the GPU after its copy (copies run one after
-another on the PCIe link), or a lone miss split between the two. The layer takes as long as the slower of the GPU and CPU paths, plus a
-fixed dispatch overhead.
+another on the PCIe link), or a lone miss split between the two. The layer takes as long as the
+slower of the GPU and CPU paths, plus a fixed dispatch overhead.
 """
 
 from __future__ import annotations

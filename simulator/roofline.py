@@ -5,8 +5,9 @@ computed. The bound is the dense work plus the slower of two perfectly overlappe
 computing some misses one after another, and the GPU computing the hits and the other misses
 after their copies (copies back to back on the link). When the model's experts can be split
 (``Profile.split_min_gpu_share`` > 0), one miss may be shared between the two paths, the GPU
-taking at least that share of it, as the runtime can (only a layer's lone miss, there). Dispatch overhead is left out on purpose: it
-is what a real runtime loses, and the gap to this bound is what there is left to win.
+taking at least that share of it, as the runtime can (only a layer's lone miss, there).
+Dispatch overhead is left out on purpose: it is what a real runtime loses, and the gap to this
+bound is what there is left to win.
 """
 
 from __future__ import annotations

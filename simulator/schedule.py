@@ -34,6 +34,7 @@ def rates_of(profile, expert_bytes: int) -> np.ndarray:
                      profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3,
                      profile.split_min_gpu_share])  # fmt: skip
 
+
 MIN_CPU_SHARE = 0.05
 """A split leaves the CPU at least this share of the expert, or the miss runs whole on the GPU."""
 
@@ -57,10 +58,10 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
 
     Each miss is placed greedily where it would finish first, judged at its turn; a lone miss
     may instead be split when ``split_min_gpu_share`` > 0, the GPU computing last, once the
-    CPU's share is done and its own copied. Then the layer is charged with every placement known (a copy
-    is slowed when the layer has CPU work, which a later miss may add). Writes ``gpu_share[j]``
-    (1: on the GPU, 0: on the CPU, between: split) and ``copy_end[j]`` (-1 when not copied) and
-    adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
+    CPU's share is done and its own copied. Then the layer is charged with every placement
+    known (a copy is slowed when the layer has CPU work, which a later miss may add). Writes
+    ``gpu_share[j]`` (1: on the GPU, 0: on the CPU, between: split) and ``copy_end[j]`` (-1 when
+    not copied) and adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
     """
     copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s = rates[0], rates[1], rates[2], rates[3], rates[4]
     # decide
