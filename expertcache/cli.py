@@ -464,7 +464,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--rounds", type=int, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run.")
 @click.option("--threads", type=int, help="CPU threads for experts on the CPU. [default: all cores but one]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the profile, the choice and every row as JSON.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
 def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path) -> None:
     """Run expertcache and the systems users would pick instead side by side, one budget, one run.
 
@@ -517,19 +517,27 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
         trace_path=Path(trace_path) if trace_path else None, requests=requests, prompt_tokens=prompt_tokens,
         new_tokens=new_tokens, threads=threads, rounds=rounds,
     )  # fmt: skip
-    profile, chosen, rows = run_bench(model, host, top_k, systems.split(","), setup, say=lambda m: click.echo(m, err=True))
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}"
+
+    def save(profile, chosen, rows, complete: bool = False) -> None:
+        """The results so far as JSON, replaced whole each time: a bench cut short leaves a readable file."""
+        if out_path:
+            from dataclasses import asdict
+
+            document = {"machine": machine, "budget": budget_text, "trace": trace_path, "complete": complete,
+                        "profile": asdict(profile), "chosen": asdict(chosen), "rows": rows}  # fmt: skip
+            partial = Path(f"{out_path}.partial")
+            partial.write_text(json.dumps(document, indent=1, default=str))
+            os.replace(partial, out_path)
+
+    profile, chosen, rows = run_bench(model, host, top_k, systems.split(","), setup, say=lambda m: click.echo(m, err=True), save=save)
     click.echo(f"\n{shape or Path(model_path).name}, budget {budget_text} ({plan.slots} slots), routing from "
                f"{Path(trace_path).name if trace_path else 'the model'}, {requests} requests x {prompt_tokens} prompt + "
                f"{new_tokens} new tokens, {threads} CPU threads"
                f"{f', median of {rounds} interleaved rounds' if rounds > 1 else ''}; {machine}\n")  # fmt: skip
     click.echo(format_table(rows))
+    save(profile, chosen, rows, complete=True)
     if out_path:
-        from dataclasses import asdict
-
-        document = {"machine": machine, "budget": budget_text, "trace": trace_path, "profile": asdict(profile),
-                    "chosen": asdict(chosen), "rows": rows}  # fmt: skip
-        Path(out_path).write_text(json.dumps(document, indent=1, default=str))
         click.echo(f"\nresults  {out_path}")
 
 

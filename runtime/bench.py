@@ -121,9 +121,13 @@ def run_system(
 
 
 def run_bench(
-    model, host: dict, top_k: int, systems: list[str], setup: BenchSetup, say: Callable[[str], None] = print
+    model, host: dict, top_k: int, systems: list[str], setup: BenchSetup, say: Callable[[str], None] = print,
+    save: Callable[[Profile, CacheConfig, list[dict]], None] | None = None,
 ) -> tuple[Profile, CacheConfig, list[dict]]:
-    """Calibrate, choose expertcache's configuration by simulation, then run every system."""
+    """Calibrate, choose expertcache's configuration by simulation, then run every system.
+
+    ``save`` receives the rows measured so far after every run, so a bench cut short (a time
+    limit, Ctrl-C) still leaves what it measured."""
     check_systems(systems)
     device = next(model.parameters()).device
     attach(model, host, CacheConfig(sets=1, ways=top_k, policy="lru"), device, setup.threads, None, top_k)
@@ -162,6 +166,8 @@ def run_bench(
                 say(f"running {system}" + (f", round {round_ + 1} of {setup.rounds}" if setup.rounds > 1 else ""))
                 record_path = workdir / f"{system}-{round_}.parquet"
                 runs[system].append(run_system(model, host, top_k, system, config, setup, profile, record_path))
+                if save:
+                    save(profile, chosen, [_median_run(system_runs) for system_runs in runs.values() if system_runs])
     rows = [_median_run(system_runs) for system_runs in runs.values()]
     if "accelerate" in systems:
         say("running accelerate, once, last (it takes the experts' host copies over)")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 
 import torch
 from transformers import AutoConfig
@@ -29,6 +32,7 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "expertcache is" in result.stdout and "(9 slots)" in result.stdout and "median of 2 interleaved rounds" in result.stdout
     document = json.loads((tmp_path / "b.json").read_text())
+    assert document["complete"] and not (tmp_path / "b.json.partial").exists()
     rows = {row["system"]: row for row in document["rows"]}
     assert list(rows) == ["expertcache", "fetch", "static", "cpu", "gpu", "accelerate"]
     accelerate = rows.pop("accelerate")  # timed from outside: no cache, recorded run or prediction
@@ -45,6 +49,25 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
         assert row["decode_tokens_per_s"] > 0 and row["roofline_tokens_per_s"] > 0 and row["desktop_tokens_per_s"] > 0
         assert len(row["decode_tokens_per_s_runs"]) == 2 and row["decode_tokens_per_s"] == min(row["decode_tokens_per_s_runs"])
     assert "round 2 of 2" in result.stderr
+
+
+def test_a_bench_killed_midway_leaves_the_runs_it_finished(model_dirs, tmp_path):
+    model_dir = model_dirs("mixtral")
+    budget = budget_for_slots(model_dir, 9, max_tokens=4 + 3 + 8)
+    out = tmp_path / "b.json"
+    command = [sys.executable, "-m", "expertcache.cli", "bench", "--model", model_dir, "--budget", str(budget), "--device", "cpu",
+               "--systems", "expertcache,fetch", "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--out", str(out)]  # fmt: skip
+    with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as bench:
+        for line in bench.stderr:  # killed (no cleanup at all) once expertcache's run is done
+            if line.startswith("running fetch"):
+                bench.kill()
+                break
+        bench.wait(timeout=60)
+    assert bench.returncode == -signal.SIGKILL
+    document = json.loads(out.read_text())
+    assert not document["complete"]
+    assert [row["system"] for row in document["rows"]] == ["expertcache"]
+    assert document["rows"][0]["decode_tokens_per_s"] > 0 and document["chosen"]["policy"]
 
 
 def test_bench_refuses_an_unknown_system_before_building_anything(model_dirs):
