@@ -8,7 +8,7 @@ units ``[0, units)``; the CPU's activations (a few KB) follow to the GPU, which 
 whole ``down_proj``. Every activation and every output element is still one dot product on one
 device (no partial sums to add, so no extra rounding), the CPU never waits for the GPU, and it
 only runs the first contraction, its fastest per byte (a one-token ``down_proj`` reads long
-rows: up to 1.4x slower per byte on the CPU, measured).
+rows: 1.5x slower per byte on the lent H100 host's CPU, BENCHMARKS.md).
 
 So a split gives the GPU at least the down projection's share of the expert's bytes
 (``least_gpu_share``: a third for gated experts). Every slice the GPU needs is a contiguous range
