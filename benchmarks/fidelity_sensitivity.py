@@ -3,7 +3,9 @@
 For every configuration of a fidelity_gpu.py result, the simulator prices the routing trace twice,
 with the run's calibrated profile and with one term neutralised; each run's prediction is scaled by
 that ratio and set against its measurement. Printed per term: the median and worst |error| and
-the mean signed error of the CPU-heavy policies (eta, markov) and of lru:
+the mean signed error of the CPU-heavy policies (eta, markov) and of lru. Where the runs counted
+their splits (run 8 on), also the CPU time per whole CPU expert and per split that best fits the
+runs' measured CPU time (least squares):
 
     python benchmarks/fidelity_sensitivity.py --trace ../shared/traces/mixtral-gsm8k.parquet benchmarks/results/fidelity-h100-run8.json
 
@@ -18,6 +20,7 @@ import json
 import statistics
 from dataclasses import replace
 
+import numpy as np
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
@@ -57,6 +60,11 @@ def main() -> None:
             lru = statistics.fmean(e for policy, e in errors if policy == "lru")
             print(f"  {term}: median |error| {statistics.median(size):.1%}, worst {max(size):.1%}; "
                   f"mean error eta/markov {hybrid:+.1%}, lru {lru:+.1%}")  # fmt: skip
+        if all("measured_split" in row for row in result["rows"]):
+            counts = np.array([[row["cpu_experts"], row["measured_split"]] for row in result["rows"]], dtype=float)
+            cpu_s = np.array([row["measured_cpu_s"] for row in result["rows"]])
+            whole, split = 1e3 * np.linalg.lstsq(counts, cpu_s, rcond=None)[0]
+            print(f"  measured CPU time fits {whole:.2f} ms per whole CPU expert and {split:.2f} ms per split's CPU share")
 
 
 if __name__ == "__main__":
