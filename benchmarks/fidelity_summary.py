@@ -17,6 +17,13 @@ import statistics
 from pathlib import Path
 
 
+def run_errors(rows: list[dict], key: str = "error") -> tuple[float, float] | None:
+    """Median and worst absolute error of single runs (``key``: "error" against the start
+    profile, "error_local" against the CPU re-measured around each run); None if not recorded."""
+    errors = [abs(r[key]) for r in rows if key in r]
+    return (statistics.median(errors), max(errors)) if errors else None
+
+
 def summarise(rows: list[dict]) -> str:
     by_config: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -25,9 +32,8 @@ def summarise(rows: list[dict]) -> str:
     predicted = {key: statistics.fmean(r["predicted_tokens_per_s"] for r in runs) for key, runs in by_config.items()}
     lines = [f"{len(rows)} runs of {len(by_config)} configurations"]
     for key, what in (("error", "start profile"), ("error_local", "CPU re-measured around each run")):
-        errors = [abs(r[key]) for r in rows if key in r]
-        if errors:
-            lines.append(f"per run, {what}: median |error| {statistics.median(errors):.1%}, worst {max(errors):.1%}")
+        if errors := run_errors(rows, key):
+            lines.append(f"per run, {what}: median |error| {errors[0]:.1%}, worst {errors[1]:.1%}")
     errors = [abs(predicted[key] / measured[key] - 1) for key in by_config]
     lines.append(f"per configuration, median of its runs: median |error| {statistics.median(errors):.1%}, worst {max(errors):.1%}")
     spreads = [_spread(runs) for runs in by_config.values() if len(runs) > 1]

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from fidelity_summary import run_errors  # noqa: E402
 
 MARKERS = "o^sDvP"
 
@@ -33,9 +33,9 @@ def main() -> None:
         high = max(max(r["measured_tokens_per_s"], r["predicted_tokens_per_s"]) for r in rows) * 1.1
         ax.plot([low, high], [low, high], color="grey", lw=1)
         ax.fill_between([low, high], [low * 0.9, high * 0.9], [low * 1.1, high * 1.1], color="grey", alpha=0.15, label="±10 %")
-        errors = [abs(r["error"]) for r in rows]
+        median, worst = run_errors(rows)
         ax.set(xlabel="measured decode tokens/s", ylabel="predicted decode tokens/s", xlim=(low, high), ylim=(low, high),
-               title=f"{Path(path).stem.split('-')[-1]}: median |error| {statistics.median(errors):.1%}, worst {max(errors):.1%}", )  # fmt: skip
+               title=f"{Path(path).stem.split('-')[-1]}: median |error| {median:.1%}, worst {worst:.1%}", )  # fmt: skip
         ax.legend(fontsize=8)
     fig.savefig(args.out, dpi=100)
     print(args.out)
