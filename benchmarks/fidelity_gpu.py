@@ -16,6 +16,7 @@ alternately forward and reversed, so drift does not favour one end of the list.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -77,8 +78,8 @@ def main() -> None:
     configs = [CacheConfig(sets=sets, ways=ways, policy=policy) for sets, ways in geometries for policy in args.policies.split(",")]
     calibrated_ms = profile.cpu_expert_ms[args.threads][1]
     rows = []
-    with tempfile.TemporaryDirectory() as scratch:
-        tmp = Path(args.traces_out or scratch)
+    with contextlib.nullcontext(args.traces_out) if args.traces_out else tempfile.TemporaryDirectory() as traces_dir:
+        tmp = Path(traces_dir)
         tmp.mkdir(parents=True, exist_ok=True)
         for repeat in range(args.repeats):
             for config in configs if repeat % 2 == 0 else configs[::-1]:
