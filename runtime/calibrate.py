@@ -43,6 +43,11 @@ then ran its CPU experts at 6.9 ms). Twenty estimates on one lent H100 host scat
 standard deviation of 0.25 ms back to back, 0.21 ms over 1.5 s, 0.12 ms over 4 s
 (``benchmarks/calibration_spread_gpu.py``)."""
 
+LAUNCH_SAMPLES = 32
+"""Host queueings of one GPU expert timed, at least (their median kept): the time outside experts
+is a layer's wall time less one of these per expert, so one slow sample, times every expert of a
+prefill layer, could make it look negative."""
+
 
 def _time_s(run: Callable[[], None], repeats: int, synchronize: bool, average: Callable = statistics.median, min_seconds: float = 0.0) -> float:
     """``average`` of ``run``'s wall times over at least ``repeats`` runs and ``min_seconds``, after one untimed run."""
@@ -117,7 +122,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         x = torch.randn(4, hidden, dtype=layout.dtype, device=runtime.device)
         row = torch.tensor([1], device=runtime.device)
         runtime.pool.fill(scratch, next(rows))
-        launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x[row], scratch), repeats, False)  # host time only
+        launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x[row], scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
 
     say("layers outside expert compute")
     dense_ms, cpu_overhead_ms = _time_outside_experts(model, runtime, launch_ms)
