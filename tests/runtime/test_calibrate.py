@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import run_cli
 from expertcache.simulator.costs import Profile
 
@@ -19,6 +21,7 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     assert profile.dense_ms[1] > 0 and profile.h2d_gbps > 0
     # olmoe toy: hidden 64, expert intermediate 48, float32: gate_up 96×64 + down 64×48
     assert profile.expert_bytes == (96 * 64 + 64 * 48) * 4
+    assert profile.split_min_gpu_share == pytest.approx(64 * 48 / (96 * 64 + 64 * 48))  # down_proj's share: a third
     simulated = run_cli("simulate", "--sets", "2", "--ways", "4", "--profile", str(out), "--threads", "2", "--format", "json")
     assert simulated.returncode == 0, simulated.stderr
     assert json.loads(simulated.stdout)["tokens_per_s"] > 0
