@@ -84,7 +84,8 @@ def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, see
         return
     click.echo(f"trace    {trace.path}  ({trace.meta.model}, {trace.num_accesses:,} accesses)")
     click.echo(f"cache    {sets} sets x {ways} ways = {geometry.slots} slots, policy {policy}, {threads} CPU threads, profile {profile.name}")
-    click.echo(f"hits     {result.hits:,}   misses {result.misses:,} ({result.bypassed:,} not cached)   hit rate {result.hit_rate:.1%} (decode {result.decode_hit_rate:.1%})")
+    click.echo(f"hits     {result.hits:,}   misses {result.misses:,} ({result.bypassed:,} not cached, {result.split:,} split)   "
+               f"hit rate {result.hit_rate:.1%} (decode {result.decode_hit_rate:.1%})")  # fmt: skip
     click.echo(f"decode   {result.tokens_per_s:.2f} tokens/s predicted")
     click.echo(
         f"time     GPU {result.gpu_s:.3f} s, CPU {result.cpu_s:.3f} s, PCIe busy {result.pcie_busy_s:.3f} s, "
@@ -256,7 +257,8 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
     click.echo(f"\ncache    {config.sets} sets x {config.ways} ways, {config.policy}, {runtime.threads} CPU threads, device {runtime.device}")
     click.echo(f"decode   {stats.decode_tokens_per_s:.2f} tokens/s ({stats.decode_tokens} tokens); prefill {stats.prefill_tokens} tokens in {stats.prefill_s:.2f} s")
     click.echo(f"experts  hit rate {stats.hit_rate:.1%} ({stats.hits:,} hits, {stats.misses:,} misses, {stats.copies:,} copies, {stats.bypassed:,} not cached)")
-    click.echo(f"misses   {stats.fetched:,} experts computed on the GPU after a copy ({stats.staged:,} through staging slots), the rest on the CPU")
+    click.echo(f"misses   {stats.fetched:,} experts computed on the GPU after a copy ({stats.staged:,} through staging slots), "
+               f"{stats.split:,} split between the CPU and the GPU, the rest on the CPU")  # fmt: skip
     click.echo(f"time     CPU experts {stats.layer_cpu_s.sum():.2f} s, GPU experts {stats.layer_gpu_s.sum():.2f} s, copy waits {stats.copy_wait_s:.3f} s ({stats.copy_waits})")
 
 
