@@ -197,11 +197,12 @@ class CachedExperts:
         hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
         rows = torch.from_numpy(plan.rows).to(hidden.device, non_blocking=True)
         token_rows, rank_rows = rows % tokens, rows // tokens
+        cpu_rows = plan.rows % tokens  # the same rows, on the host for the CPU's share
         outputs: dict[int, torch.Tensor] = {}
         self._run_on_gpu(module, record, hidden, token_rows, plan.resident, outputs)
         self._run_on_gpu(module, record, hidden, token_rows, plan.fetched, outputs, copy_first=True)
         for job in plan.split:
-            self._run_split(module, record, hidden, hidden_cpu, token_rows, plan.rows % tokens, job, outputs)
+            self._run_split(module, record, hidden, hidden_cpu, token_rows, cpu_rows, job, outputs)
         for s, expert in plan.background:
             self.pool.fill(s, self.host[layer][expert])
         staged = sum(1 for job in plan.fetched if job.slot >= self.config.slots)
@@ -211,7 +212,7 @@ class CachedExperts:
         self.stats.cpu_experts += len(plan.on_cpu)
         self.stats.split += len(plan.split)
         self.stats.copies += sum(1 for job in plan.split if job.slot < self.config.slots)
-        self._run_on_cpu(module, record, hidden_cpu, plan.rows % tokens, plan.on_cpu, outputs)
+        self._run_on_cpu(module, record, hidden_cpu, cpu_rows, plan.on_cpu, outputs)
 
         # one weighted sum, experts in ascending order as eager adds them
         out = torch.cat([outputs[expert] for expert in sorted(outputs)])

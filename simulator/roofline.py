@@ -53,7 +53,8 @@ def roofline(replay: ReplayInput, outcome: np.ndarray, profile: Profile, threads
         for on_cpu in range(len(missed) + 1):
             cpu_path = cpu_s[missed[:on_cpu]].sum()
             fetched = missed[on_cpu:]
-            gpu_path = hits_s + gpu_s[fetched].sum()
+            gpu_compute = hits_s + gpu_s[fetched].sum()
+            gpu_path = gpu_compute
             if len(fetched):
                 gpu_path = max(gpu_path, len(fetched) * copy_s + gpu_s[fetched[-1]])
             best = min(best, max(cpu_path, gpu_path))
@@ -63,6 +64,6 @@ def roofline(replay: ReplayInput, outcome: np.ndarray, profile: Profile, threads
                 f = (cpu_path + cpu_s[shared] - len(after) * copy_s - tail) / (cpu_s[shared] + copy_s)
                 f = min(max(f, profile.split_min_gpu_share), 1.0)
                 link_path = (len(after) + f) * copy_s + tail
-                best = min(best, max(cpu_path + (1 - f) * cpu_s[shared], hits_s + gpu_s[fetched].sum(), link_path))
+                best = min(best, max(cpu_path + (1 - f) * cpu_s[shared], gpu_compute, link_path))
         totals[int(replay.group_decode[g])] += dense_s[replay.group_tokens[g]] + best
     return Roofline(prefill_s=totals[0], decode_s=totals[1], decode_tokens=replay.decode_tokens)
