@@ -1,10 +1,11 @@
 """Trace-forced routing: replay a recorded trace's expert choices instead of the router's.
 
 Synthetic full-size models have random routers; forcing their layers to follow a real trace
-keeps real expert choices and real timing together. A model with fewer layers than the trace
-(a shortened smoke run) follows the trace's layers of the same indices. Every forward pass
-consumes as many trace tokens as it has positions (decode: one), in the trace's execution
-order, cycling at the end.
+keeps real expert choices and real timing together: the runtime still waits for each layer's
+router, as a real run does, then follows the trace instead (``CachedExperts._routing_of``). A
+model with fewer layers than the trace (a shortened smoke run) follows the trace's layers of the
+same indices. Every forward pass consumes as many trace tokens as it has positions (decode: one),
+in the trace's execution order, cycling at the end.
 """
 
 from __future__ import annotations

@@ -225,9 +225,16 @@ class CachedExperts:
     def _routing_of(
         self, layer: int, tokens: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """The layer's experts and router weights on the host, and the weights its output applies."""
-        if self.routing is None:  # the one wait for the GPU in a layer: the routing must be known here
-            return top_k_index.cpu().numpy(), top_k_weights.detach().float().cpu().numpy(), top_k_weights
+        """The layer's experts and router weights on the host, and the weights its output applies.
+
+        Forced routing still waits for the router's own choice and throws it away: that wait is
+        what every real layer pays, and without it the host would queue layers without CPU work
+        ahead of the GPU, a speed no real run has (on-demand fetching, which never computes on
+        the CPU, would never wait at all)."""
+        # the one wait for the GPU in a layer: the routing must be known here
+        index, weights = top_k_index.cpu().numpy(), top_k_weights.detach().float().cpu().numpy()
+        if self.routing is None:
+            return index, weights, top_k_weights
         forced_index, forced_weights = self.routing(layer, self.step, tokens)
         applied = torch.from_numpy(np.ascontiguousarray(forced_weights, dtype=np.float32)).to(top_k_weights.dtype).view(tokens, -1)
         index = np.asarray(forced_index, dtype=np.int64).reshape(tokens, -1)
