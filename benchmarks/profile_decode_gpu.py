@@ -66,7 +66,11 @@ def main() -> None:
                 model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
             runtime.end_pass()
 
-        generate(8)  # warm-up
+        generate(args.tokens)  # warm-up over the same lengths: SDPA's cuDNN backend builds a graph per new length
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        generate(args.tokens)
+        report.write(f"\n## {placement}: {1e3 * (time.perf_counter() - started) / args.tokens:.1f} ms per decode token unprofiled (prefill included)\n")
         before = runtime.stats.decode_s, runtime.stats.decode_tokens
         started = time.perf_counter()
         profiler = cProfile.Profile()

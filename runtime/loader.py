@@ -15,6 +15,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from expertcache.errors import ConfigError
+from expertcache.runtime.attention import keep_attention_steady
 from expertcache.runtime.experts import ExpertLayout, find_experts_modules
 from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExperts, register
 from expertcache.runtime.pinned import host_rows
@@ -198,9 +199,11 @@ def attach(
 
     ``host`` holds each MoE layer's experts as flat rows (see ``ExpertLayout``); the experts
     modules' own parameters must already be emptied. ``placement`` picks expertcache or one of
-    the systems it is compared with (``simulator.placements.PLACEMENTS``).
+    the systems it is compared with (``simulator.placements.PLACEMENTS``). From then on attention
+    runs without SDPA's cuDNN backend (``runtime.attention``: it cost decode a graph build per token).
     """
     model.eval()
+    keep_attention_steady(model)
     experts = find_experts_modules(model)
     layout = ExpertLayout.of(experts[0][2])
     if any(ExpertLayout.of(module) != layout for _, _, module in experts):

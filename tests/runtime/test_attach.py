@@ -1,0 +1,45 @@
+"""What attaching the cache sets up: CPU threads as priced, and attention without SDPA's cuDNN
+backend during each pass, the process's own choice given back after it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from expertcache.runtime.loader import attach, load
+from expertcache.simulator.config import CacheConfig
+
+
+def _cudnn_flags_inside_attention(model, ids) -> list[bool]:
+    """The cuDNN SDPA flag as each attention module sees it during one forward pass."""
+    seen = []
+    for module in model.modules():
+        if module.__class__.__name__.endswith("Attention"):
+            module.register_forward_pre_hook(lambda m, a, kw: seen.append(torch.backends.cuda.cudnn_sdp_enabled()), with_kwargs=True)
+    with torch.inference_mode():
+        model(ids)
+    return seen
+
+
+def test_attention_runs_without_cudnn_and_restores_the_flag(model_dirs):
+    model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+    ids = torch.tensor([[1, 2, 3]])
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    seen = _cudnn_flags_inside_attention(model, ids)
+    assert seen and not any(seen)
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored after the pass
+
+
+def test_the_flag_is_restored_when_a_pass_raises(model_dirs):
+    model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+    with pytest.raises(IndexError), torch.inference_mode():
+        model(torch.tensor([[10**6]]))  # a token id outside the vocabulary
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+
+
+def test_attaching_twice_installs_the_hooks_once(model_dirs):
+    model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+    hooks = len(model._forward_pre_hooks), len(model._forward_hooks)
+    attach(model, model.expertcache.host, model.expertcache.config, torch.device("cpu"), 1, None, 2)
+    assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == hooks
+
