@@ -513,7 +513,6 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
         read_trace(trace_path)  # refuse a bad trace before building anything
     click.echo(f"building {shape or model_path} on {device}", err=True)
     model, host, top_k = _model_and_experts(model_path, shape, layers, device, threads)
-    torch.set_num_threads(threads)
     setup = BenchSetup(
         slots=min(plan.slots, plan.all_experts), all_slots=plan_memory(hf_config, whole, max_tokens, dtype).slots, budget_bytes=budget,
         trace_path=Path(trace_path) if trace_path else None, requests=requests, prompt_tokens=prompt_tokens,

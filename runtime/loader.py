@@ -176,7 +176,6 @@ def load(
         )
     config.geometry.check_fits(plan.top_k)
     threads = threads or config.threads or max(1, (os.cpu_count() or 2) - 1)
-    torch.set_num_threads(threads)
 
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch_dtype, experts_implementation=IMPLEMENTATION, trust_remote_code=trust_remote_code
@@ -199,10 +198,12 @@ def attach(
 
     ``host`` holds each MoE layer's experts as flat rows (see ``ExpertLayout``); the experts
     modules' own parameters must already be emptied. ``placement`` picks expertcache or one of
-    the systems it is compared with (``simulator.placements.PLACEMENTS``). From then on attention
-    runs without SDPA's cuDNN backend (``runtime.attention``: it cost decode a graph build per token).
+    the systems it is compared with (``simulator.placements.PLACEMENTS``). From then on torch
+    computes on the CPU with ``threads`` threads, and attention runs without SDPA's cuDNN backend
+    (``runtime.attention``: it cost decode a graph build per token).
     """
     model.eval()
+    torch.set_num_threads(threads)  # the CPU experts run with the thread count they are priced at
     keep_attention_steady(model)
     experts = find_experts_modules(model)
     layout = ExpertLayout.of(experts[0][2])

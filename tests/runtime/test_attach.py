@@ -43,3 +43,13 @@ def test_attaching_twice_installs_the_hooks_once(model_dirs):
     attach(model, model.expertcache.host, model.expertcache.config, torch.device("cpu"), 1, None, 2)
     assert (len(model._forward_pre_hooks), len(model._forward_hooks)) == hooks
 
+
+def test_attach_computes_with_the_threads_it_prices(model_dirs):
+    saved = torch.get_num_threads()
+    try:
+        model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu", threads=2)
+        assert torch.get_num_threads() == 2
+        attach(model, model.expertcache.host, model.expertcache.config, torch.device("cpu"), 1, None, 2)
+        assert torch.get_num_threads() == model.expertcache.threads == 1
+    finally:
+        torch.set_num_threads(saved)
