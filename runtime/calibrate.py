@@ -43,6 +43,13 @@ then ran its CPU experts at 6.9 ms). Twenty estimates on one lent H100 host scat
 standard deviation of 0.25 ms back to back, 0.21 ms over 1.5 s, 0.12 ms over 4 s
 (``benchmarks/calibration_spread_gpu.py``)."""
 
+CONTENTION_SAMPLES = 32
+"""CPU experts timed alone and under a copy (and copies alone and under CPU experts), at least,
+their means compared: decode pays the mean. A median of 5 pairs put the CPU's slowdown under
+copies at 1.13-1.24 in fidelity runs 7-9, while the CPU experts of runs 8 and 9, most of them
+computed under copies, fitted 0.90-1.05 times the calibrated time alone; the host's speed phases
+outlast a pair."""
+
 LAUNCH_SAMPLES = 32
 """Host queueings of one GPU expert timed, at least (their median kept): the time outside experts
 is a layer's wall time less one of these per expert, so one slow sample, times every expert of a
@@ -207,7 +214,7 @@ def _contention(slot: torch.Tensor, rows: Iterator[torch.Tensor], cpu_expert: Ca
         return start, end
 
     cpu_alone, cpu_shared, copy_alone, copy_shared = [], [], [], []
-    for _ in range(repeats):
+    for _ in range(max(repeats, CONTENTION_SAMPLES)):
         started = time.perf_counter()
         cpu_expert()
         cpu_alone.append(time.perf_counter() - started)
@@ -221,8 +228,8 @@ def _contention(slot: torch.Tensor, rows: Iterator[torch.Tensor], cpu_expert: Ca
         cpu_expert()  # keep the CPU busy for the whole copy
         stream.synchronize()
         copy_shared.append(start.elapsed_time(end))
-    median = statistics.median
-    return max(1.0, median(cpu_shared) / median(cpu_alone)), max(1.0, median(copy_shared) / median(copy_alone))
+    mean = statistics.fmean
+    return max(1.0, mean(cpu_shared) / mean(cpu_alone)), max(1.0, mean(copy_shared) / mean(copy_alone))
 
 
 class _EveryAccessHits:
