@@ -10,7 +10,7 @@ from transformers.models.mixtral.modeling_mixtral import MixtralExperts
 from transformers.models.nemotron_h.modeling_nemotron_h import NemotronHExperts
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
-from expertcache.runtime.split import Cut, least_gpu_share, units_out
+from expertcache.runtime.split import CUT_STEPS, Cut, least_gpu_share, units_out
 
 HIDDEN, INTERMEDIATE = 16, 24
 
@@ -66,3 +66,16 @@ def test_a_split_expert_reads_only_its_ranges_and_computes_the_whole_experts_out
     )
     out = torch.nn.functional.linear(activations, layout.views(slot)["down_proj"])
     assert torch.allclose(out, expert_ffn(module, x, layout.views(row)), atol=1e-5)
+
+
+def test_cuts_fall_on_few_steps_near_the_share_asked_for():
+    """Each cut is a new matrix shape for both devices, so cuts take few values (Mixtral's shape)."""
+    hidden, intermediate = 4096, 14336
+    layout = ExpertLayout(("gate_up_proj", "down_proj"), ((2 * intermediate, hidden), (hidden, intermediate)),
+                          (0, 2 * intermediate * hidden), 3 * intermediate * hidden, torch.bfloat16)  # fmt: skip
+    shares = torch.linspace(1 / 3, 0.95, 2000).tolist()
+    cuts = [Cut.of(layout, share) for share in shares]
+    assert len({cut.units for cut in cuts}) <= CUT_STEPS
+    for share, cut in zip(shares, cuts):
+        gpu_bytes = sum(end - start for start, end in cut.unit_ranges(layout, on_gpu=True) + cut.down_ranges(layout))
+        assert abs(gpu_bytes / layout.numel - share) <= 1 / CUT_STEPS
