@@ -34,8 +34,8 @@ CUT_STEPS = 64
 """Cuts fall on multiples of 1/64 of the intermediate units (about 1 % of a gated expert's bytes).
 Each cut gives both devices matrix products of a new shape, and a shape's first product costs
 extra (the CPU's oneDNN builds a kernel for it: 2.2 against 1.5 ms for 5,000 Mixtral rows on the
-dev box); with a cut at any unit, decode kept meeting new shapes, and a Mixtral fidelity run's
-first split-heavy configuration measured 25-28 % slower than its repeat."""
+dev box); with a cut at any unit, decode kept meeting new shapes, and the first split-heavy
+configuration of two Mixtral fidelity runs measured 20.6 % and 28.3 % slower than predicted."""
 
 
 def least_gpu_share(module: nn.Module, layout: ExpertLayout) -> float:
