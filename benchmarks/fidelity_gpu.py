@@ -24,6 +24,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from expertcache.runtime.cpu_threads import keep_cpu_threads_spinning
+
+keep_cpu_threads_spinning()  # before torch loads OpenMP, as the CLI's model commands do
+
 import torch
 
 from expertcache.runtime.calibrate import calibrate, cpu_expert_ms

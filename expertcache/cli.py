@@ -25,9 +25,15 @@ class Commands(click.Group):
             sys.exit(2)
 
 
+MODEL_COMMANDS = {"run", "record", "calibrate", "tune", "bench"}
+"""The commands that compute experts on the CPU: their OpenMP threads keep spinning between
+bursts (``runtime.cpu_threads``)."""
+
+
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="expertcache")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Run Mixture-of-Experts models larger than the GPU, with a GPU expert cache whose
     configuration is chosen by replaying recorded expert traces.
 
@@ -39,6 +45,10 @@ def main() -> None:
       expertcache policies
     Every command without --trace uses the small sample trace shipped with the package.
     """
+    if ctx.invoked_subcommand in MODEL_COMMANDS:
+        from expertcache.runtime.cpu_threads import keep_cpu_threads_spinning
+
+        keep_cpu_threads_spinning()
 
 
 @main.command()

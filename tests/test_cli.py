@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -95,3 +98,15 @@ def test_fewer_slots_than_top_k_is_refused(tmp_path):
     trace = write_trace(tmp_path / "k2.parquet", tiny_meta(top_k=2), decode_rows([[[0, 1], [2, 3]]]))
     result = run_cli("simulate", "--trace", str(trace), "--sets", "1", "--ways", "1")
     assert result.returncode == 2 and "fewer than top_k = 2" in result.stderr
+
+
+@pytest.mark.parametrize("command, policy, expected", [("calibrate", None, "ACTIVE"), ("bench", None, "ACTIVE"),
+                                                       ("sweep", None, "None"), ("run", "PASSIVE", "PASSIVE")])  # fmt: skip
+def test_commands_that_run_a_model_keep_cpu_threads_spinning(command, policy, expected):
+    """Set before torch loads OpenMP (a user's own choice kept); commands without a model leave it."""
+    code = f"import os; from expertcache.cli import main; main([{command!r}, '--help'], standalone_mode=False); print(os.environ.get('OMP_WAIT_POLICY'))"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.splitlines()[-1] == expected
