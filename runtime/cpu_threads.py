@@ -18,10 +18,8 @@ import sys
 WAIT_POLICY = "ACTIVE"
 
 
-def keep_cpu_threads_spinning() -> bool:
-    """Ask OpenMP to keep its threads spinning, unless the user chose a wait policy; True when it
-    takes effect. OpenMP reads the policy once, when torch loads it, so this must run first."""
-    if "torch" in sys.modules:
-        return False
-    os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
-    return True
+def keep_cpu_threads_spinning() -> None:
+    """Ask OpenMP to keep its threads spinning, unless the user chose a wait policy. OpenMP reads
+    the policy once, when torch loads it, so this must run first; afterwards it does nothing."""
+    if "torch" not in sys.modules:
+        os.environ.setdefault("OMP_WAIT_POLICY", WAIT_POLICY)
