@@ -153,6 +153,7 @@ class CachedExperts:
         for record in self._layers:
             record.gpu_s += sum(start.elapsed_time(end) for start, end in record.gpu_events) / 1e3
             record.copy_wait_s = sum(before.elapsed_time(after) for before, after in record.wait_events) / 1e3
+            self.stats.copy_waits += len(record.wait_events)
             record.gpu_events, record.wait_events = [], []
             self.stats.layer_gpu_s[record.layer] += record.gpu_s
             self.stats.layer_cpu_s[record.layer] += record.cpu_s
@@ -301,9 +302,7 @@ class CachedExperts:
         for job in jobs:
             if copy_first:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
-            waited = len(record.wait_events)
             outputs[job.expert] = self.queue_gpu_expert(module, hidden[token_rows[job.start : job.end]], job.slot, record.wait_events)
-            self.stats.copy_waits += len(record.wait_events) - waited
 
     def queue_gpu_expert(self, module: nn.Module, rows: torch.Tensor, slot: int, waits: list | None = None) -> torch.Tensor:
         """The expert in ``slot`` applied to ``rows``, queued on the GPU after its copy lands
@@ -326,7 +325,6 @@ class CachedExperts:
         down_landed = self.pool.fill(job.slot, host_row, cut.down_ranges(self.layout))
         if job.slot < self.config.slots:  # kept: the rest follows, behind what the GPU waits for
             self.pool.fill(job.slot, host_row, cut.unit_ranges(self.layout, on_gpu=False))
-        waited = len(record.wait_events)
         parts = []
         if gpu_units:
             weights = self.layout.views(self.pool.acquire(job.slot, record.wait_events, units_landed))
@@ -340,7 +338,6 @@ class CachedExperts:
         down = self.layout.views(self.pool.acquire(job.slot, record.wait_events, down_landed))["down_proj"]
         outputs[job.expert] = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), down))
         self.pool.release(job.slot)
-        self.stats.copy_waits += len(record.wait_events) - waited
 
     def _timed_on_gpu(self, record: LayerPass, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
         """``queue()``'s result; the GPU time of the work it queues is added to ``record``."""
