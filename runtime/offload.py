@@ -280,8 +280,9 @@ class CachedExperts:
         rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
         admitted = np.array([job.slot >= 0 for job in missed])
         gpu_share, copy_end = np.zeros(len(missed)), np.zeros(len(missed))
-        busy = sum(self._gpu_s[min(job.row_count, PRICED_TOKENS)] for job in resident)
-        launched = len(resident) * self._rates[3]
+        # floats, whatever the layer holds: an int here would compile split_misses anew, mid-decode
+        busy = float(sum(self._gpu_s[min(job.row_count, PRICED_TOKENS)] for job in resident))
+        launched = float(len(resident) * self._rates[3])
         now = time.perf_counter()
         _, _, link_free = split_misses(
             rows, admitted, len(rows), self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
