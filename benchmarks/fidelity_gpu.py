@@ -100,6 +100,7 @@ def main() -> None:
                 with torch.inference_mode():
                     model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
                 runtime.end_pass()
+                runtime.drain()
                 runtime.recorder.close()
                 after_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.0, window_s=0.0)[1]
                 measured = runtime.stats

@@ -148,7 +148,9 @@ class CachedExperts:
         if self._pass_started is None:
             return
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            # the pass's own work only: copies into slots may run on into the next pass, as the
+            # simulator lets them (a device-wide wait would drain the link at every token)
+            torch.cuda.current_stream(self.device).synchronize()
         wall = time.perf_counter() - self._pass_started
         for record in self._layers:
             record.gpu_s += sum(start.elapsed_time(end) for start, end in record.gpu_events) / 1e3
@@ -169,6 +171,13 @@ class CachedExperts:
         self._layers = []
         self.position += self._pass_tokens
         self._pass_started = None
+
+    def drain(self) -> None:
+        """Wait for the copies still on the link. A pass ends when its own work does, and copies into
+        slots may run on into the next one; whoever hands the GPU to other work (another system, a
+        measurement) drains first, so that those copies land in this run."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def _begin_pass(self, tokens: int) -> None:
         self.end_pass()
