@@ -16,7 +16,6 @@ timing: it tells whether a CPU share is slowed by what the GPU and the link do m
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -24,12 +23,10 @@ from dataclasses import replace
 import torch
 
 from expertcache.runtime import offload
-from expertcache.runtime.forced import TraceRouting
-from expertcache.runtime.loader import attach
 from expertcache.runtime.synthetic import build_full_size
-from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import load_profile
 from expertcache.traces.io import read_trace
+from eta_rounds import add_round_options, keep_row, run_round
 
 TIMES: dict[str, list[float]] = defaultdict(list)
 DRAIN = False  # wait for the GPU before each CPU computation (outside its timing)
@@ -52,15 +49,9 @@ def timed(name: str, function):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shape", default="mixtral-8x7b")
+    add_round_options(parser)
     parser.add_argument("--trace", help="Force the routing from this trace; default: the synthesized routers.")
     parser.add_argument("--drained", action="store_true", help="Also run splits with the GPU drained before each CPU share.")
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--slots", type=int, default=14)
-    parser.add_argument("--threads", type=int, default=15)
-    parser.add_argument("--rounds", type=int, default=2, help="Measured rounds after the warm-up round.")
-    parser.add_argument("--new-tokens", type=int, default=24)
-    parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
     global DRAIN
@@ -83,25 +74,10 @@ def main() -> None:
         for split, DRAIN in ((True, False), (False, False)) + (((True, True),) if args.drained else ()):
             TIMES.clear()
             costs = replace(profile, split_min_gpu_share=profile.split_min_gpu_share if split else 0.0)
-            attach(model, host, CacheConfig(sets=args.slots, ways=1, policy="eta"), torch.device("cuda"), args.threads, costs, top_k)
-            runtime = model.expertcache
-            if trace is not None:
-                runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
-            for request in range(2 if round_ else 1):
-                runtime.begin_request(request)
-                with torch.inference_mode():
-                    model.generate(prompts[request : request + 1].cuda(), max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-                runtime.end_pass()
-            stats = runtime.stats.summary()
-            row = {"round": round_, "split": split, "drained": DRAIN, "tok_s": stats["decode_tokens_per_s"], "splits": stats["split"],
-                   "cpu_experts": stats["cpu_experts"], "fetched": stats["fetched"], "copy_wait_s": stats["copy_wait_s"],
-                   "ms": {name: (len(t), 1e3 * sum(t) / len(t)) for name, t in TIMES.items()}}  # fmt: skip
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            del runtime, model.expertcache
-    with open(args.out, "w") as handle:
-        json.dump(rows, handle, indent=1)
-
+            stats = run_round(model, host, top_k, args.slots, args.threads, costs, trace, prompts, args.new_tokens, warm_up=round_ == 0)
+            keep_row(rows, {"round": round_, "split": split, "drained": DRAIN, "tok_s": stats["decode_tokens_per_s"], "splits": stats["split"],
+                            "cpu_experts": stats["cpu_experts"], "fetched": stats["fetched"], "copy_wait_s": stats["copy_wait_s"],
+                            "ms": {name: (len(t), 1e3 * sum(t) / len(t)) for name, t in TIMES.items()}}, args.out)  # fmt: skip
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,56 @@
+"""What the interleaved A/B scripts share: one round's run of an `eta` N × 1 cache, and the rows kept as JSON.
+
+``split_ab_gpu.py`` and ``pass_barrier_gpu.py`` each run the same cache on a shortened full-size
+shape under two variants, alternately, in one process; round 0 is a warm-up of one request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from expertcache.runtime.forced import TraceRouting
+from expertcache.runtime.loader import attach
+from expertcache.simulator.config import CacheConfig
+from expertcache.simulator.costs import Profile
+from expertcache.traces.io import Trace
+
+
+def add_round_options(parser: argparse.ArgumentParser) -> None:
+    """The options every interleaved A/B script takes: the shortened model, the cache, the rounds, the output."""
+    parser.add_argument("--shape", default="mixtral-8x7b")
+    parser.add_argument("--layers", type=int, default=8)
+    parser.add_argument("--slots", type=int, default=14)
+    parser.add_argument("--threads", type=int, default=15)
+    parser.add_argument("--rounds", type=int, default=2, help="Measured rounds after the warm-up round.")
+    parser.add_argument("--new-tokens", type=int, default=24)
+    parser.add_argument("--out", required=True)
+
+
+def run_round(model, host: dict, top_k: int, slots: int, threads: int, profile: Profile, trace: Trace | None,
+              prompts: torch.Tensor, new_tokens: int, warm_up: bool) -> dict:  # fmt: skip
+    """Attach an `eta` ``slots`` × 1 cache, decode the prompts (only the first when ``warm_up``),
+    and return the runtime's counters."""
+    attach(model, host, CacheConfig(sets=slots, ways=1, policy="eta"), torch.device("cuda"), threads, profile, top_k)
+    runtime = model.expertcache
+    if trace is not None:
+        runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
+    for request in range(1 if warm_up else len(prompts)):
+        runtime.begin_request(request)
+        with torch.inference_mode():
+            model.generate(prompts[request : request + 1].cuda(), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    runtime.end_pass()
+    runtime.drain()
+    stats = runtime.stats.summary()
+    del model.expertcache
+    return stats
+
+
+def keep_row(rows: list[dict], row: dict, out: str) -> None:
+    """Print ``row``, add it to ``rows`` and rewrite ``out`` with all of them (a run cut short keeps its rows)."""
+    print(json.dumps(row), flush=True)
+    rows.append(row)
+    with open(out, "w") as handle:
+        json.dump(rows, handle, indent=1)
