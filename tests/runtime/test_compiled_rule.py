@@ -1,9 +1,9 @@
 """The runtime decides each layer's misses with the simulator's compiled rule (``schedule.split_misses``).
 
 numba compiles a function once per set of argument types. A layer with no resident expert once
-handed the rule an int where other layers handed a float, so the first such layer of a run
-compiled it again, mid-decode (0.85 s on the dev box). Every call must use the types the
-simulator's replay compiles.
+handed the rule an int where a layer with resident experts handed a float, so whichever kind of
+layer came second in a process compiled it again, mid-run (0.85 s on the dev box). Every call must
+use the types the simulator's replay compiles.
 """
 
 from __future__ import annotations
