@@ -33,9 +33,10 @@ Ranges = list[tuple[int, int]]
 CUT_STEPS = 64
 """Cuts fall on multiples of 1/64 of the intermediate units (about 1 % of a gated expert's bytes).
 Each cut gives both devices matrix products of a new shape, and a shape's first product costs
-extra (the CPU's oneDNN builds a kernel for it: 2.2 against 1.5 ms for 5,000 Mixtral rows on the
-dev box); with a cut at any unit, decode kept meeting new shapes, and the first split-heavy
-configuration of two Mixtral fidelity runs measured 20.6 % and 28.3 % slower than predicted."""
+extra: on the lent H100 host a one-row Mixtral product took 2.18 against 0.75 ms on the CPU and
+0.41 against 0.05 ms on the GPU (``benchmarks/first_shape_gpu.py``). With a cut at any unit decode
+kept meeting new shapes; on 64 steps a process meets each at most once, about 0.3 s in all (too
+little to explain the first split-heavy fidelity run's shortfall, which is still open)."""
 
 
 def least_gpu_share(module: nn.Module, layout: ExpertLayout) -> float:
