@@ -116,7 +116,8 @@ def main() -> None:
                        "predicted_stall_s": predicted.stall_s, "measured_copy_wait_s": measured.copy_wait_s, "copies": measured.copies,
                        "repeat": repeat, "cpu_experts": measured.cpu_experts, "measured_split": measured.split, "predicted_split": predicted.split, "cpu_expert_ms_before": before_ms, "cpu_expert_ms_after": after_ms,
                        "predicted_local_tokens_per_s": predicted_local.tokens_per_s, "predicted_local_cpu_s": predicted_local.cpu_s,
-                       "predicted_without_splits_tokens_per_s": whole.tokens_per_s}  # fmt: skip
+                       "predicted_without_splits_tokens_per_s": whole.tokens_per_s, "output_queue_s": measured.output_queue_s,
+                       "layers_by_kind": measured.summary()["layers_by_kind"]}  # fmt: skip
                 row["error"] = row["predicted_tokens_per_s"] / row["measured_tokens_per_s"] - 1
                 row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
                 rows.append(row)

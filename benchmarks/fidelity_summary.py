@@ -39,10 +39,26 @@ def summarise(rows: list[dict]) -> str:
     spreads = [_spread(runs) for runs in by_config.values() if len(runs) > 1]
     if spreads:
         lines.append(f"repeats of one configuration lie apart by {statistics.median(spreads):.1%} (median), {max(spreads):.1%} (most)")
+    if any("layers_by_kind" in r for r in rows):
+        lines.append(_layers_by_kind(rows))
     best = max(measured, key=measured.get)
     chosen = max(predicted, key=predicted.get)
     lines.append(f"simulator's first choice {_name(chosen)} measured {measured[chosen] / measured[best]:.1%} of the measured best {_name(best)}")
     return "\n".join(lines)
+
+
+def _layers_by_kind(rows: list[dict]) -> str:
+    """Decode layers of all runs by how their misses ran: the runtime's measured time per layer
+    against what its miss rule priced (from routing to the next layer's routing)."""
+    totals: dict[str, list[float]] = {}
+    for r in rows:
+        for kind, layers in r.get("layers_by_kind", {}).items():
+            total = totals.setdefault(kind, [0, 0.0, 0.0])
+            total[0] += layers["layers"]
+            total[1] += layers["wall_s"]
+            total[2] += layers["planned_s"]
+    cells = [f"{kind} {n} layers {1e3 * wall / n:.2f} / {1e3 * planned / n:.2f} ms" for kind, (n, wall, planned) in totals.items()]
+    return "decode layers, measured / priced by the runtime's miss rule: " + "; ".join(cells)
 
 
 def _spread(runs: list[dict]) -> float:

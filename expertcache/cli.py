@@ -269,7 +269,8 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
     click.echo(f"experts  hit rate {stats.hit_rate:.1%} ({stats.hits:,} hits, {stats.misses:,} misses, {stats.copies:,} copies, {stats.bypassed:,} not cached)")
     click.echo(f"misses   {stats.fetched:,} experts computed on the GPU after a copy ({stats.staged:,} through staging slots), "
                f"{stats.split:,} split between the CPU and the GPU, the rest on the CPU")  # fmt: skip
-    click.echo(f"time     CPU experts {stats.layer_cpu_s.sum():.2f} s, GPU experts {stats.layer_gpu_s.sum():.2f} s, copy waits {stats.copy_wait_s:.3f} s ({stats.copy_waits})")
+    click.echo(f"time     CPU experts {stats.layer_cpu_s.sum():.2f} s, GPU experts {stats.layer_gpu_s.sum():.2f} s, copy waits {stats.copy_wait_s:.3f} s ({stats.copy_waits}), "
+               f"queueing CPU results to the GPU {stats.output_queue_s:.3f} s")  # fmt: skip
 
 
 @main.command()
@@ -490,7 +491,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     import torch
 
     from expertcache.errors import ConfigError
-    from expertcache.runtime.bench import BenchSetup, check_systems, format_table, run_bench
+    from expertcache.runtime.bench import BenchSetup, check_systems, format_layer_times, format_table, run_bench
     from expertcache.runtime.loader import model_dtype, plan_memory
     from expertcache.units import parse_bytes
 
@@ -547,6 +548,8 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
                f"{new_tokens} new tokens, {threads} CPU threads"
                f"{f', median of {rounds} interleaved rounds' if rounds > 1 else ''}; {machine}\n")  # fmt: skip
     click.echo(format_table(rows))
+    click.echo("\ndecode layers by how their misses ran: count: ms per layer measured / as the miss rule priced it\n")
+    click.echo(format_layer_times(rows))
     save(profile, chosen, rows, complete=True)
     if out_path:
         click.echo(f"\nresults  {out_path}")

@@ -26,6 +26,7 @@ from expertcache.runtime.energy import EnergyMeter
 from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.generate import timed_generate
 from expertcache.runtime.loader import attach
+from expertcache.runtime.offload import LAYER_KINDS
 from expertcache.runtime.record import Recorder
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
@@ -204,6 +205,28 @@ def _median_run(runs: list[dict]) -> dict:
     """The run with the median decode speed (the lower one of an even count), with every run's speed."""
     ordered = sorted(runs, key=lambda row: row["decode_tokens_per_s"])
     return {**ordered[(len(ordered) - 1) // 2], "decode_tokens_per_s_runs": [row["decode_tokens_per_s"] for row in runs]}
+
+
+def format_layer_times(rows: list[dict]) -> str:
+    """Markdown: each system's decode layers by how their misses ran (``offload.LAYER_KINDS``), as
+    count and milliseconds per layer measured / as the miss rule priced them (from a layer's routing
+    to the next one's; a pass's last MoE layer is not timed). Where a run is slower than predicted,
+    this says which kind of layer the time went to."""
+    kinds = [kind for kind in LAYER_KINDS if any(kind in r.get("measured", {}).get("layers_by_kind", {}) for r in rows)]
+    lines = ["| system | " + " | ".join(kinds) + " | host queueing CPU results, s |", "|---" * (len(kinds) + 2) + "|"]
+    for r in rows:
+        if "measured" not in r:
+            continue
+        cells = [_layer_cell(r["measured"]["layers_by_kind"].get(kind)) for kind in kinds]
+        lines.append(f"| {r['system']} | " + " | ".join(cells) + f" | {r['measured']['output_queue_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def _layer_cell(layers: dict | None) -> str:
+    if layers is None:
+        return "–"
+    count = layers["layers"]
+    return f"{count}: {1e3 * layers['wall_s'] / count:.2f} / {1e3 * layers['planned_s'] / count:.2f}"
 
 
 def format_table(rows: list[dict]) -> str:

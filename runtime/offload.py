@@ -13,6 +13,7 @@ GPU computes and the link copies theirs.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +43,10 @@ one being read while the next is copied. The memory plan counts them."""
 Routing = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
 """(layer, step, tokens) → forced (top_k_index, top_k_weights) for trace-forced routing."""
 
+LAYER_KINDS = ("hits", "gpu", "cpu", "hybrid", "split")
+"""How a layer's misses ran (``LayerPlan.kind``): none missed; all copied then computed on the GPU;
+all on the CPU; some each way; a lone miss split between the two."""
+
 
 @dataclass
 class LayerPass:
@@ -57,6 +62,14 @@ class LayerPass:
     copy_wait_s: float = 0.0
     gpu_events: list = field(default_factory=list)  # (start, end) CUDA events around GPU work
     wait_events: list = field(default_factory=list)  # (before, after) CUDA events around copy waits
+    routed_at: float = 0.0  # perf_counter() once the layer's routing was on the host
+    kind: str = "hits"  # LAYER_KINDS
+    expert_s: float = 0.0  # when the miss rule expected the layer's expert work to end, from routing
+    # from routing to the next MoE layer's routing, as priced (expert work, then the dense time of the
+    # layers between) and as measured; NaN for a pass's last MoE layer, whose end lies in the next pass
+    planned_s: float = float("nan")
+    wall_s: float = float("nan")
+    output_queue_s: float = 0.0  # host time queueing the copies of CPU results to the GPU
 
 
 class CachedExperts:
@@ -104,6 +117,7 @@ class CachedExperts:
         self.threads = threads
         self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
+        self._dense_s = profile.dense_table_s(PRICED_TOKENS)
         self._rates = rates_of(profile, layout.nbytes)
         if self._rates[5] > 0:  # the profile allows splits: at this model's least GPU share, or none
             self._rates[5] = least_gpu_share(layers[0][1], layout)
@@ -114,7 +128,7 @@ class CachedExperts:
         self._pass_tokens = 0
         self._pass_started: float | None = None
         self._pass_is_decode = False
-        self._layers: list[LayerPass] = []
+        self._layers: list[LayerPass] = []  # of the pass in progress
         self.recorder = None  # a runtime.record.Recorder while recording
         self.routing: Routing | None = None  # trace-forced routing, when set
         for layer, module in layers:
@@ -160,6 +174,9 @@ class CachedExperts:
             self.stats.layer_gpu_s[record.layer] += record.gpu_s
             self.stats.layer_cpu_s[record.layer] += record.cpu_s
             self.stats.copy_wait_s += record.copy_wait_s
+            self.stats.output_queue_s += record.output_queue_s
+            if self._pass_is_decode and not math.isnan(record.wall_s):  # timed: not the pass's last MoE layer
+                self.stats.add_layer_time(record.kind, record.wall_s, record.planned_s)
         if self._pass_is_decode:
             self.stats.decode_tokens += self._pass_tokens
             self.stats.decode_s += wall
@@ -194,15 +211,21 @@ class CachedExperts:
         if layer == self.moe_layers[0]:
             self._begin_pass(tokens)
         index, weights, top_k_weights = self._routing_of(layer, tokens, top_k_index, top_k_weights)
+        routed_at = time.perf_counter()
+        if self._layers:  # the previous MoE layer of this pass ends where this one's routing is known
+            previous = self._layers[-1]
+            previous.wall_s = routed_at - previous.routed_at
+            previous.planned_s = previous.expert_s + (layer - previous.layer) * float(self._dense_s[min(tokens, PRICED_TOKENS)])
         flat = index.reshape(-1)
         hit, slot, _ = self.cache.access_many(np.full(flat.shape, layer), flat, weights.reshape(-1), self.step)
         self.stats.layer_hits[layer] += int(hit.sum())
         self.stats.layer_misses[layer] += int((~hit).sum())
         self.stats.bypassed += int((~hit & (slot < 0)).sum())
-        record = LayerPass(layer, index, weights, hit, slot)
+        record = LayerPass(layer, index, weights, hit, slot, routed_at=routed_at)
         self._layers.append(record)
 
         plan = self._plan(index, hit, slot)
+        record.kind, record.expert_s = plan.kind, plan.expert_s
         # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
         hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
         rows = torch.from_numpy(plan.rows).to(hidden.device, non_blocking=True)
@@ -271,7 +294,8 @@ class CachedExperts:
                 plan.resident.append(ExpertJob(expert, int(slot[i]), start, end))
             else:
                 missed.append(ExpertJob(expert, kept.get(expert, -1), start, end))
-        for job, share in zip(missed, self._place(plan.resident, missed)):
+        shares, plan.expert_s = self._place(plan.resident, missed)
+        for job, share in zip(missed, shares):
             if share > 0 and job.slot < 0:  # not kept by the policy: through a staging slot
                 job.slot = self._staging[self._next_staging % len(self._staging)]
                 self._next_staging += 1
@@ -281,24 +305,24 @@ class CachedExperts:
         plan.background = [(s, expert) for s, expert in last_in_slot.items() if s not in copied]
         return plan
 
-    def _place(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> list[float]:
+    def _place(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> tuple[list[float], float]:
         """For each miss, the share of it computed on the GPU (1: all of it, after its copy;
-        0: none), timed from now."""
-        if not missed:
-            return []
-        rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
-        admitted = np.array([job.slot >= 0 for job in missed])
-        gpu_share, copy_end = np.zeros(len(missed)), np.zeros(len(missed))
+        0: none), timed from now; and when the rule expects the layer's expert work to end."""
         # floats, whatever the layer holds: an int here would compile split_misses anew, mid-decode
         busy = float(sum(self._gpu_s[min(job.row_count, PRICED_TOKENS)] for job in resident))
         launched = float(len(resident) * self._rates[3])
+        if not missed:
+            return [], max(busy, launched)
+        rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
+        admitted = np.array([job.slot >= 0 for job in missed])
+        gpu_share, copy_end = np.zeros(len(missed)), np.zeros(len(missed))
         now = time.perf_counter()
-        _, _, link_free = split_misses(
+        gpu_end, cpu_end, link_free = split_misses(
             rows, admitted, len(rows), self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
             self._cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free
-        return gpu_share.tolist()
+        return gpu_share.tolist(), max(gpu_end, cpu_end)
 
     def _run_on_gpu(
         self, module, record: LayerPass, hidden, token_rows, jobs: list["ExpertJob"], outputs, copy_first: bool = False
@@ -344,7 +368,7 @@ class CachedExperts:
         on_host = hidden_cpu[torch.from_numpy(cpu_rows[job.start : job.end])]
         units_cpu = units_out(module, on_host, self.layout.views(host_row), cut.units, cut.intermediate)
         record.cpu_s += time.perf_counter() - started
-        parts.append(units_cpu.to(self.device, non_blocking=True))
+        parts.append(self._to_device(record, units_cpu))
         down = self.layout.views(self.pool.acquire(job.slot, record.wait_events, down_landed))["down_proj"]
         outputs[job.expert] = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), down))
         self.pool.release(job.slot)
@@ -364,14 +388,21 @@ class CachedExperts:
         return out
 
     def _run_on_cpu(self, module, record: LayerPass, hidden_cpu, token_rows: np.ndarray, jobs: list["ExpertJob"], outputs) -> None:
-        if not jobs:
-            return
-        started = time.perf_counter()
         for job in jobs:
+            started = time.perf_counter()
             weights = self.layout.views(self.host[record.layer][job.expert])
             out = expert_ffn(module, hidden_cpu[torch.from_numpy(token_rows[job.start : job.end])], weights)
-            outputs[job.expert] = out.to(self.device, non_blocking=True)
-        record.cpu_s += time.perf_counter() - started
+            record.cpu_s += time.perf_counter() - started
+            outputs[job.expert] = self._to_device(record, out)
+
+    def _to_device(self, record: LayerPass, cpu_result: torch.Tensor) -> torch.Tensor:
+        """Queue a CPU result's copy to the GPU, timing the host's part in ``record``: from pageable
+        memory the driver may first wait for the compute stream (CUDA's API synchronization notes),
+        which holds the layer's GPU experts and their copies."""
+        started = time.perf_counter()
+        on_device = cpu_result.to(self.device, non_blocking=True)
+        record.output_queue_s += time.perf_counter() - started
+        return on_device
 
 
 @dataclass
@@ -399,6 +430,16 @@ class LayerPlan:
     on_cpu: list[ExpertJob] = field(default_factory=list)
     split: list[ExpertJob] = field(default_factory=list)  # lone misses computed partly on each side
     background: list[tuple[int, int]] = field(default_factory=list)  # (slot, expert): kept misses run on the CPU
+    expert_s: float = 0.0  # when the miss rule expects the layer's expert work to end, from routing
+
+    @property
+    def kind(self) -> str:
+        """One of ``LAYER_KINDS``."""
+        if self.split:
+            return "split"
+        if self.fetched and self.on_cpu:
+            return "hybrid"
+        return "cpu" if self.on_cpu else "gpu" if self.fetched else "hits"
 
 
 def _nearest(choices: list[int], value: int) -> int:

@@ -3,7 +3,8 @@
 The trace (documented schema) is appended one forward pass at a time through TraceWriter, so a
 killed recording keeps every completed token. Two siblings are written when the recording
 closes: ``<name>.timing.parquet`` (one row per pass and MoE layer: wall time of the pass, CPU,
-GPU and copy-wait seconds of the layer, hits and misses) and ``<name>.access.parquet`` (one row
+GPU and copy-wait seconds of the layer, hits and misses, how its misses ran, and its time from
+routing to the next MoE layer's routing, measured and as the miss rule priced it) and ``<name>.access.parquet`` (one row
 per expert access: whether it hit, and its slot), which tests compare with the simulator.
 """
 
@@ -63,8 +64,9 @@ class Recorder:
             self.timing.append({
                 "step": runtime.step, "request": runtime.request, "position": int(positions[0]), "phase": phase,
                 "tokens": tokens, "layer": record.layer, "pass_wall_s": wall_s, "cpu_s": record.cpu_s,
-                "gpu_s": record.gpu_s, "copy_wait_s": record.copy_wait_s,
+                "gpu_s": record.gpu_s, "copy_wait_s": record.copy_wait_s, "output_queue_s": record.output_queue_s,
                 "hits": int(record.hit.sum()), "misses": int((~record.hit).sum()),
+                "kind": record.kind, "wall_s": record.wall_s, "planned_s": record.planned_s,
             })  # fmt: skip
         flat = {k: np.concatenate(v) for k, v in columns.items()}
         self.writer.append(

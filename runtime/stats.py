@@ -1,4 +1,8 @@
-"""What the runtime measured: hits and misses per layer, and where the time went."""
+"""What the runtime measured: hits and misses per layer, and where the time went.
+
+Decode layers are also timed by kind (``offload.LAYER_KINDS``: how their misses ran), each against
+what the miss rule planned for it, so a run whose speed departs from the simulator's shows which
+kind of layer the difference comes from."""
 
 from __future__ import annotations
 
@@ -24,6 +28,10 @@ class RuntimeStats:
     split: int = 0  # misses computed partly on the GPU and partly on the CPU (runtime.split)
     copy_waits: int = 0  # hits whose copy had not landed when the layer ran
     copy_wait_s: float = 0.0  # GPU time spent waiting for those copies
+    output_queue_s: float = 0.0  # host time queueing the copies of CPU results to the GPU
+    kind_layers: dict[str, int] = field(default_factory=dict)  # timed decode layers by kind
+    kind_wall_s: dict[str, float] = field(default_factory=dict)  # their time from routing to the next MoE layer's routing
+    kind_planned_s: dict[str, float] = field(default_factory=dict)  # the same, as the miss rule priced it
     prefill_tokens: int = 0
     decode_tokens: int = 0
     prefill_s: float = 0.0
@@ -51,6 +59,12 @@ class RuntimeStats:
     def decode_tokens_per_s(self) -> float:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
+    def add_layer_time(self, kind: str, wall_s: float, planned_s: float) -> None:
+        """Count one decode layer of ``kind`` that took ``wall_s`` where ``planned_s`` was priced."""
+        self.kind_layers[kind] = self.kind_layers.get(kind, 0) + 1
+        self.kind_wall_s[kind] = self.kind_wall_s.get(kind, 0.0) + wall_s
+        self.kind_planned_s[kind] = self.kind_planned_s.get(kind, 0.0) + planned_s
+
     def layer_hit_rate(self) -> list[float | None]:
         total = self.layer_hits + self.layer_misses
         return [float(h / t) if t else None for h, t in zip(self.layer_hits, total)]
@@ -63,4 +77,7 @@ class RuntimeStats:
             "decode_tokens": self.decode_tokens, "decode_s": self.decode_s,
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "cpu_expert_s": float(self.layer_cpu_s.sum()), "gpu_expert_s": float(self.layer_gpu_s.sum()),
+            "output_queue_s": self.output_queue_s,
+            "layers_by_kind": {kind: {"layers": n, "wall_s": self.kind_wall_s[kind], "planned_s": self.kind_planned_s[kind]}
+                               for kind, n in sorted(self.kind_layers.items())},
         }  # fmt: skip

@@ -50,6 +50,15 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
         assert len(row["decode_tokens_per_s_runs"]) == 2 and row["decode_tokens_per_s"] == min(row["decode_tokens_per_s_runs"])
         assert row["copies_after_last_pass_s"] >= 0.0  # reported beside the decode time it is not part of
     assert "round 2 of 2" in result.stderr
+    # each system's decode layers, by how their misses ran, against the miss rule's plan
+    kinds = {system: row["measured"]["layers_by_kind"] for system, row in rows.items()}
+    assert set(kinds["cpu"]) == {"cpu"} and set(kinds["gpu"]) == {"hits"} and "cpu" not in kinds["fetch"]
+    assert set(kinds["fetch"]) <= {"hits", "gpu"} and "gpu" in kinds["fetch"]
+    timed = 2 * (3 - 1) * 2  # requests x decode passes after the first token x MoE layers before a pass's last
+    for system, by_kind in kinds.items():
+        assert sum(k["layers"] for k in by_kind.values()) == timed, system
+        assert all(k["wall_s"] > 0 and k["planned_s"] > 0 for k in by_kind.values())
+    assert "| system | hits | gpu | cpu |" in result.stdout and f"| cpu | – | – | {timed}: " in result.stdout
 
 
 def test_a_bench_killed_midway_leaves_the_runs_it_finished(model_dirs, tmp_path):

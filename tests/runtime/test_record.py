@@ -17,11 +17,13 @@ from transformers import AutoConfig, AutoTokenizer
 
 from expertcache.runtime.generate import generate_prompts
 from expertcache.runtime.loader import load
+from expertcache.runtime.offload import LAYER_KINDS
 from expertcache.runtime.record import Recorder, sibling
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import load_profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.traces.io import read_trace
+from test_equality import SPLIT
 
 PROMPTS = ["The cache keeps the experts", "def add(a, b):", "Natalia sold clips"]
 ORDER = ["request", "step", "layer", "position", "rank"]
@@ -60,6 +62,32 @@ def test_timing_sibling_has_a_row_per_pass_and_layer(model_dirs, tmp_path):
     assert len(timing) == 5 * 3  # 1 prefill + 4 decode passes, 3 layers
     assert (timing.pass_wall_s > 0).all() and (timing.cpu_s >= 0).all()
     assert (timing.hits + timing.misses).tolist()[3:] == [2] * 12
+
+
+def test_each_decode_layer_is_timed_against_its_plan_by_how_its_misses_ran(model_dirs, tmp_path):
+    model_dir = model_dirs("mixtral")
+    model = load(model_dir, config=CacheConfig(sets=1, ways=2, policy="eta"), device="cpu", profile=SPLIT)
+    runtime = model.expertcache
+    runtime.recorder = Recorder(tmp_path / "k.parquet", runtime, "tiny")
+    generate_prompts(model, AutoTokenizer.from_pretrained(model_dir), PROMPTS[:2], max_new_tokens=6, stream=False)
+    runtime.recorder.close()
+    timing = pd.read_parquet(sibling(tmp_path / "k.parquet", "timing"))
+    assert set(timing.kind) <= set(LAYER_KINDS) and {"hybrid", "split"} <= set(timing.kind)
+    assert (timing.kind == "split").sum() == runtime.stats.split  # a split layer has one miss, split
+    assert (timing.kind == "hits").eq(timing.misses == 0).all()
+    # every MoE layer but a pass's last is timed, up to the next one's routing, and priced at least its dense time
+    last = timing.layer == timing.layer.max()
+    assert timing.wall_s[last].isna().all() and timing.planned_s[last].isna().all()
+    assert (timing.wall_s[~last] > 0).all() and (timing.planned_s[~last] >= SPLIT.dense_ms[1] / 1e3).all()
+    assert (timing.output_queue_s >= 0).all() and (timing.cpu_s[timing.kind.isin(["cpu", "hybrid", "split"])] > 0).all()
+    # the counters hold the decode layers' sums by kind
+    decode = timing[(timing.phase == "decode") & ~last]
+    by_kind = runtime.stats.summary()["layers_by_kind"]
+    assert {kind: row["layers"] for kind, row in by_kind.items()} == decode.kind.value_counts().to_dict()
+    for kind, row in by_kind.items():
+        assert row["wall_s"] == pytest.approx(decode.wall_s[decode.kind == kind].sum())
+        assert row["planned_s"] == pytest.approx(decode.planned_s[decode.kind == kind].sum())
+    assert sum(row["wall_s"] for row in by_kind.values()) < runtime.stats.decode_s
 
 
 def _cli(*args):
