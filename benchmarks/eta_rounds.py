@@ -30,17 +30,17 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
 
 
 def run_round(model, host: dict, top_k: int, slots: int, threads: int, profile: Profile, trace: Trace | None,
-              prompts: torch.Tensor, new_tokens: int, warm_up: bool) -> dict:  # fmt: skip
+              prompts: torch.Tensor, new_tokens: int, warm_up: bool, device: torch.device = torch.device("cuda")) -> dict:  # fmt: skip
     """Attach an `eta` ``slots`` × 1 cache, decode the prompts (only the first when ``warm_up``),
     and return the runtime's counters."""
-    attach(model, host, CacheConfig(sets=slots, ways=1, policy="eta"), torch.device("cuda"), threads, profile, top_k)
+    attach(model, host, CacheConfig(sets=slots, ways=1, policy="eta"), device, threads, profile, top_k)
     runtime = model.expertcache
     if trace is not None:
         runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
     for request in range(1 if warm_up else len(prompts)):
         runtime.begin_request(request)
         with torch.inference_mode():
-            model.generate(prompts[request : request + 1].cuda(), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+            model.generate(prompts[request : request + 1].to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     runtime.end_pass()
     runtime.drain()
     stats = runtime.stats.summary()
