@@ -12,6 +12,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from expertcache.runtime.stats import LAYER_KINDS  # noqa: E402
 from expertcache.simulator.policies import DEFAULT_POLICY, POLICIES  # noqa: E402
 
 POLICY_COLORS = {name: ("#000000" if POLICIES[name].offline_only else plt.get_cmap("tab10")(i)) for i, name in enumerate(POLICIES)}
@@ -119,6 +120,27 @@ def time_breakdown(timing: pd.DataFrame) -> Figure:
         ax.bar(x, values, bottom=bottom, width=1.0, color=color, label=column)
         bottom += values
     ax.set(xlabel="decode token", ylabel="ms", title="time per decode token")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def layer_kinds(timing: pd.DataFrame) -> Figure:
+    """Decode layers by how their misses ran, their measured time (routing to the next layer's routing)
+    beside what the runtime's miss rule priced: where a run is slower than the simulator says, the
+    kind of layer whose bar outgrows its price is where to look."""
+    decode = timing[(timing.phase == "decode") & timing.wall_s.notna()]
+    kinds = [kind for kind in LAYER_KINDS if (decode.kind == kind).any()]
+    groups = decode.groupby("kind")
+    measured = [groups.wall_s.median()[kind] * 1e3 for kind in kinds]
+    priced = [groups.planned_s.median()[kind] * 1e3 for kind in kinds]
+    fig, (ax,) = _panels(1, width=7.0)
+    x = np.arange(len(kinds))
+    ax.bar(x - 0.2, measured, width=0.4, color="#1f77b4", label="measured")
+    ax.bar(x + 0.2, priced, width=0.4, color="#bbbbbb", label="priced by the miss rule")
+    for i, (took, price) in enumerate(zip(measured, priced)):
+        ax.annotate(f"{took / price:.2f}×", (i - 0.2, took), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [f"{kind}\n{(decode.kind == kind).sum():,} layers" for kind in kinds])
+    ax.set(ylabel="ms per layer (median)", title="decode layers by how their misses ran")
     ax.legend(fontsize=8)
     return fig
 

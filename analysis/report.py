@@ -69,6 +69,8 @@ def analyze(
         figures["sweep"] = plots.save(plots.sweep_heatmap(sweep_results, mark), out, "sweep")
     if timing is not None:
         figures["time_breakdown"] = plots.save(plots.time_breakdown(timing), out, "time_breakdown")
+        if "kind" in timing:  # recorded since layers are timed by kind
+            figures["layer_kinds"] = plots.save(plots.layer_kinds(timing), out, "layer_kinds")
     report = out / "report.html"
     report.write_text(render(Analysis(numbers, figures, sweep_results, chosen)))
     return report
@@ -157,5 +159,7 @@ def render(analysis: Analysis) -> str:
             parts.append(f"<p class='note'>Chosen: {c.sets} sets × {c.ways} ways, {html.escape(c.policy)}, {c.threads} threads.</p>")
     if "time_breakdown" in figures:
         parts += ["<h2>Where the time went</h2>", _image(figures["time_breakdown"]["png"], "time breakdown")]
+    if "layer_kinds" in figures:
+        parts += [_image(figures["layer_kinds"]["png"], "decode layers by kind, measured against priced")]
     parts.append("</body></html>")
     return "\n".join(parts)

@@ -26,7 +26,7 @@ from expertcache.runtime.energy import EnergyMeter
 from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.generate import timed_generate
 from expertcache.runtime.loader import attach
-from expertcache.runtime.offload import LAYER_KINDS
+from expertcache.runtime.stats import LAYER_KINDS
 from expertcache.runtime.record import Recorder
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
@@ -208,7 +208,7 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def format_layer_times(rows: list[dict]) -> str:
-    """Markdown: each system's decode layers by how their misses ran (``offload.LAYER_KINDS``), as
+    """Markdown: each system's decode layers by how their misses ran (``stats.LAYER_KINDS``), as
     count and milliseconds per layer measured / as the miss rule priced them (from a layer's routing
     to the next one's; a pass's last MoE layer is not timed). Where a run is slower than predicted,
     this says which kind of layer the time went to."""

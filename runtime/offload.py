@@ -43,10 +43,6 @@ one being read while the next is copied. The memory plan counts them."""
 Routing = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
 """(layer, step, tokens) → forced (top_k_index, top_k_weights) for trace-forced routing."""
 
-LAYER_KINDS = ("hits", "gpu", "cpu", "hybrid", "split")
-"""How a layer's misses ran (``LayerPlan.kind``): none missed; all copied then computed on the GPU;
-all on the CPU; some each way; a lone miss split between the two."""
-
 
 @dataclass
 class LayerPass:
@@ -63,7 +59,7 @@ class LayerPass:
     gpu_events: list = field(default_factory=list)  # (start, end) CUDA events around GPU work
     wait_events: list = field(default_factory=list)  # (before, after) CUDA events around copy waits
     routed_at: float = 0.0  # perf_counter() once the layer's routing was on the host
-    kind: str = "hits"  # LAYER_KINDS
+    kind: str = "hits"  # one of stats.LAYER_KINDS
     expert_s: float = 0.0  # when the miss rule expected the layer's expert work to end, from routing
     # from routing to the next MoE layer's routing, as priced (expert work, then the dense time of the
     # layers between) and as measured; NaN for a pass's last MoE layer, whose end lies in the next pass
@@ -434,7 +430,7 @@ class LayerPlan:
 
     @property
     def kind(self) -> str:
-        """One of ``LAYER_KINDS``."""
+        """One of ``stats.LAYER_KINDS``."""
         if self.split:
             return "split"
         if self.fetched and self.on_cpu:

@@ -1,6 +1,6 @@
 """What the runtime measured: hits and misses per layer, and where the time went.
 
-Decode layers are also timed by kind (``offload.LAYER_KINDS``: how their misses ran), each against
+Decode layers are also timed by kind (``LAYER_KINDS``: how their misses ran), each against
 what the miss rule planned for it, so a run whose speed departs from the simulator's shows which
 kind of layer the difference comes from."""
 
@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
+LAYER_KINDS = ("hits", "gpu", "cpu", "hybrid", "split")
+"""How a layer's misses ran (``offload.LayerPlan.kind``): none missed; all copied then computed on
+the GPU; all on the CPU; some each way; a lone miss split between the two."""
 
 
 @dataclass

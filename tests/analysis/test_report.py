@@ -58,10 +58,11 @@ def test_analyze_command_with_sweep_and_timing(tmp_path, model_dirs):
     result = run_cli("analyze", str(tmp_path / "run.parquet"), "--out", str(out), "--sweep", str(tmp_path / "sweep.csv"),
                      "--config", str(tmp_path / "best.json"), "--timing", str(tmp_path / "run.timing.parquet"), "--points", "4")  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for stem in ("sweep", "time_breakdown"):
+    for stem in ("sweep", "time_breakdown", "layer_kinds"):
         _check_figure(out / f"{stem}.png", out / f"{stem}.svg")
     _check_self_contained(out / "report.html")
     assert "Chosen:" in (out / "report.html").read_text()
+    assert 'alt="decode layers by kind, measured against priced"' in (out / "report.html").read_text()
     assert pd.read_csv(tmp_path / "sweep.csv").tokens_per_s.gt(0).all()
 
 

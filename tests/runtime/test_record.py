@@ -17,7 +17,7 @@ from transformers import AutoConfig, AutoTokenizer
 
 from expertcache.runtime.generate import generate_prompts
 from expertcache.runtime.loader import load
-from expertcache.runtime.offload import LAYER_KINDS
+from expertcache.runtime.stats import LAYER_KINDS
 from expertcache.runtime.record import Recorder, sibling
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import load_profile
