@@ -258,7 +258,7 @@ def _time_outside_experts(model, runtime, launch_ms: float) -> tuple[dict[int, f
             resident[tokens] = _per_layer_ms(model, runtime, ids) - min(accesses, runtime.num_experts) * launch_ms
     with runtime.decided_by(AllOnCpu()):  # one token: the overhead is per layer, not per row
         on_cpu = _per_layer_ms(model, runtime, torch.randint(0, vocab, (1, 1), device=runtime.device))
-    cpu_overhead = max(0.0, on_cpu - resident[1])
+    cpu_overhead = float(max(0.0, on_cpu - resident[1]))
     return {tokens: max(ms, 0.0) for tokens, ms in resident.items()}, cpu_overhead
 
 
