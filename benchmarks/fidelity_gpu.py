@@ -10,7 +10,9 @@ machine's drift since calibration. To tell the two apart, the CPU expert is re-m
 and after every run (``calibrate.cpu_expert_ms``) and each run is also predicted with the profile's
 CPU times scaled to that local measurement (``error_local``; on the lent H100 it did not help: the
 CPU's speed changes within a run); every configuration runs ``--repeats`` times, the passes
-alternately forward and reversed, so drift does not favour one end of the list.
+alternately forward and reversed, so drift does not favour one end of the list. Each row also has
+the runtime's decode layers by kind (how their misses ran), measured against their price;
+``--timing-out`` keeps every run's per-layer timing in one Parquet file, for a closer look.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from expertcache.runtime.cpu_threads import keep_cpu_threads_spinning
 
 keep_cpu_threads_spinning()  # before torch loads OpenMP, as the CLI's model commands do
 
+import pandas as pd
 import torch
 
 from expertcache.runtime.calibrate import calibrate, cpu_expert_ms
 from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.loader import attach, plan_memory
-from expertcache.runtime.record import Recorder
+from expertcache.runtime.record import Recorder, sibling
 from expertcache.runtime.synthetic import build_full_size, full_size_config
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.engine import ReplayInput, simulate
@@ -60,6 +63,8 @@ def main() -> None:
     parser.add_argument("--deadline", type=float, default=540.0, help="Seconds after which no new run starts.")
     parser.add_argument("--out", required=True)
     parser.add_argument("--traces-out", help="Keep each run's recorded trace here, to replay it later with another profile.")
+    parser.add_argument("--timing-out", help="Write every run's per-layer timing (the recordings' timing siblings, with the "
+                                             "configuration) to this one Parquet file.")  # fmt: skip
     args = parser.parse_args()
     started = time.perf_counter()
 
@@ -81,7 +86,7 @@ def main() -> None:
     del model.expertcache
     configs = [CacheConfig(sets=sets, ways=ways, policy=policy) for sets, ways in geometries for policy in args.policies.split(",")]
     calibrated_ms = profile.cpu_expert_ms[args.threads][1]
-    rows = []
+    rows, timings = [], []
     with contextlib.nullcontext(args.traces_out) if args.traces_out else tempfile.TemporaryDirectory() as traces_dir:
         tmp = Path(traces_dir)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -122,6 +127,9 @@ def main() -> None:
                 row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
                 rows.append(row)
                 print(json.dumps(row), flush=True)
+                if args.timing_out:
+                    timings.append(pd.read_parquet(sibling(path, "timing")).assign(sets=sets, ways=ways, policy=policy, repeat=repeat))
+                    pd.concat(timings, ignore_index=True).to_parquet(args.timing_out, index=False)
                 Path(args.out).write_text(json.dumps({"profile": profile.__dict__, "rows": rows, "machine": torch.cuda.get_device_name(),
                                                       "trace": os.path.basename(args.trace), "budget": args.budget}, indent=1))  # fmt: skip
                 del runtime, model.expertcache
