@@ -26,8 +26,8 @@ from expertcache.runtime.energy import EnergyMeter
 from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.generate import timed_generate
 from expertcache.runtime.loader import attach
-from expertcache.runtime.stats import LAYER_KINDS
 from expertcache.runtime.record import Recorder
+from expertcache.runtime.stats import LAYER_KINDS
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
 from expertcache.simulator.engine import ReplayInput, simulate
