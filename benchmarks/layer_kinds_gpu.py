@@ -1,7 +1,7 @@
 """Where a split-heavy run loses time: decode layers by kind, measured against their price, under three variants.
 
 Mixtral bench run 12 and fidelity run 14 ran split-heavy configurations 12–15 % below their
-prediction while their CPU time and the GPU's copy waits were both below it. This calibrates a
+prediction, and the runtime's totals (CPU time, copy waits) do not say where. This calibrates a
 shortened full-size shape, then runs the same `eta` N × 1 cache (trace-forced routing) under three
 variants, alternately, for a few rounds (round 0 is a warm-up of one request):
 
