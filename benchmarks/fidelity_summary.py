@@ -50,15 +50,15 @@ def summarise(rows: list[dict]) -> str:
 def _layers_by_kind(rows: list[dict]) -> str:
     """Decode layers of all runs by how their misses ran: the runtime's measured time per layer
     against what its miss rule priced (from routing to the next layer's routing)."""
-    totals: dict[str, list[float]] = {}
+    totals: dict[str, dict[str, float]] = {}
     for r in rows:
         for kind, layers in r.get("layers_by_kind", {}).items():
-            total = totals.setdefault(kind, [0, 0.0, 0.0])
-            total[0] += layers["layers"]
-            total[1] += layers["wall_s"]
-            total[2] += layers["planned_s"]
-    cells = [f"{kind} {n} layers {1e3 * wall / n:.2f} / {1e3 * planned / n:.2f} ms" for kind, (n, wall, planned) in totals.items()]
-    return "decode layers, measured / priced by the runtime's miss rule: " + "; ".join(cells)
+            total = totals.setdefault(kind, dict.fromkeys(layers, 0.0))
+            for key, value in layers.items():
+                total[key] += value
+    cells = [f"{kind} {t['layers']:.0f} layers {1e3 * t['wall_s'] / t['layers']:.2f} / {1e3 * t['planned_s'] / t['layers']:.2f} ms "
+             f"(host {1e3 * t['host_s'] / t['layers']:.2f})" for kind, t in totals.items()]  # fmt: skip
+    return "decode layers, measured / priced by the runtime's miss rule (host's part): " + "; ".join(cells)
 
 
 def _spread(runs: list[dict]) -> float:

@@ -12,8 +12,8 @@ variants, alternately, for a few rounds (round 0 is a warm-up of one request):
 - ``no-splits``: the same profile with splits turned off (``split_min_gpu_share=0``).
 
 Each row has the runtime's decode layers by kind (hits only, GPU, CPU, both, split): count, measured
-and priced seconds from a layer's routing to the next one's, and the host's time queueing CPU
-results. ``--device cpu`` runs it without a GPU, as a smoke test (the second command: 46 s on the
+and priced milliseconds from a layer's routing to the next one's, the host's part of it in the
+experts function, and the host's time queueing CPU results. ``--device cpu`` runs it without a GPU, as a smoke test (the second command: 46 s on the
 2-core dev box, 6 GB of host memory).
 
     python benchmarks/layer_kinds_gpu.py --trace .device/traces/mixtral-gsm8k.parquet --out layer-kinds.json
@@ -88,8 +88,8 @@ def main() -> None:
             with pinned_results() if variant == "pinned-results" else nullcontext():
                 stats = run_round(model, host, top_k, args.slots, args.threads, costs, trace, prompts, args.new_tokens,
                                   warm_up=round_ == 0, device=device)  # fmt: skip
-            by_kind = {kind: {"layers": k["layers"], "ms": 1e3 * k["wall_s"] / k["layers"], "priced_ms": 1e3 * k["planned_s"] / k["layers"]}
-                       for kind, k in stats["layers_by_kind"].items()}  # fmt: skip
+            by_kind = {kind: {"layers": k["layers"], "ms": 1e3 * k["wall_s"] / k["layers"], "priced_ms": 1e3 * k["planned_s"] / k["layers"],
+                              "host_ms": 1e3 * k["host_s"] / k["layers"]} for kind, k in stats["layers_by_kind"].items()}  # fmt: skip
             keep_row(rows, {"round": round_, "variant": variant, "tok_s": stats["decode_tokens_per_s"], "splits": stats["split"],
                             "cpu_experts": stats["cpu_experts"], "fetched": stats["fetched"], "copy_wait_s": stats["copy_wait_s"],
                             "output_queue_s": stats["output_queue_s"], "layers_by_kind": by_kind}, args.out)  # fmt: skip

@@ -548,7 +548,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
                f"{new_tokens} new tokens, {threads} CPU threads"
                f"{f', median of {rounds} interleaved rounds' if rounds > 1 else ''}; {machine}\n")  # fmt: skip
     click.echo(format_table(rows))
-    click.echo("\ndecode layers by how their misses ran: count: ms per layer measured / as the miss rule priced it\n")
+    click.echo("\ndecode layers by how their misses ran: count: ms per layer measured / as the miss rule priced it (host's part)\n")
     click.echo(format_layer_times(rows))
     save(profile, chosen, rows, complete=True)
     if out_path:

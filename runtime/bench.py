@@ -210,8 +210,8 @@ def _median_run(runs: list[dict]) -> dict:
 def format_layer_times(rows: list[dict]) -> str:
     """Markdown: each system's decode layers by how their misses ran (``stats.LAYER_KINDS``), as
     count and milliseconds per layer measured / as the miss rule priced them (from a layer's routing
-    to the next one's; a pass's last MoE layer is not timed). Where a run is slower than predicted,
-    this says which kind of layer the time went to."""
+    to the next one's; a pass's last MoE layer is not timed), and the host's part of the measured
+    time. Where a run is slower than predicted, this says which kind of layer the time went to."""
     kinds = [kind for kind in LAYER_KINDS if any(kind in r.get("measured", {}).get("layers_by_kind", {}) for r in rows)]
     lines = ["| system | " + " | ".join(kinds) + " | host queueing CPU results, s |", "|---" * (len(kinds) + 2) + "|"]
     for r in rows:
@@ -226,7 +226,7 @@ def _layer_cell(layers: dict | None) -> str:
     if layers is None:
         return "–"
     count = layers["layers"]
-    return f"{count}: {1e3 * layers['wall_s'] / count:.2f} / {1e3 * layers['planned_s'] / count:.2f}"
+    return f"{count}: {1e3 * layers['wall_s'] / count:.2f} / {1e3 * layers['planned_s'] / count:.2f} (host {1e3 * layers['host_s'] / count:.2f})"
 
 
 def format_table(rows: list[dict]) -> str:

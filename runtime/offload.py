@@ -65,6 +65,7 @@ class LayerPass:
     # layers between) and as measured; NaN for a pass's last MoE layer, whose end lies in the next pass
     planned_s: float = float("nan")
     wall_s: float = float("nan")
+    host_s: float = 0.0  # from routing until the experts function returned: the host's part of wall_s
     output_queue_s: float = 0.0  # host time queueing the copies of CPU results to the GPU
 
 
@@ -172,7 +173,7 @@ class CachedExperts:
             self.stats.copy_wait_s += record.copy_wait_s
             self.stats.output_queue_s += record.output_queue_s
             if self._pass_is_decode and not math.isnan(record.wall_s):  # timed: not the pass's last MoE layer
-                self.stats.add_layer_time(record.kind, record.wall_s, record.planned_s)
+                self.stats.add_layer_time(record.kind, record.wall_s, record.planned_s, record.host_s)
         if self._pass_is_decode:
             self.stats.decode_tokens += self._pass_tokens
             self.stats.decode_s += wall
@@ -248,8 +249,9 @@ class CachedExperts:
         if getattr(module, "has_post_expert_norm", False):
             out = module.post_expert_norm(out)
         out = out * top_k_weights[token_rows, rank_rows, None]
-        final = torch.zeros_like(hidden)
-        return final.index_add_(0, token_rows, out.to(final.dtype))
+        final = torch.zeros_like(hidden).index_add_(0, token_rows, out.to(hidden.dtype))
+        record.host_s = time.perf_counter() - routed_at
+        return final
 
     def _routing_of(
         self, layer: int, tokens: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor

@@ -66,7 +66,7 @@ class Recorder:
                 "tokens": tokens, "layer": record.layer, "pass_wall_s": wall_s, "cpu_s": record.cpu_s,
                 "gpu_s": record.gpu_s, "copy_wait_s": record.copy_wait_s, "output_queue_s": record.output_queue_s,
                 "hits": int(record.hit.sum()), "misses": int((~record.hit).sum()),
-                "kind": record.kind, "wall_s": record.wall_s, "planned_s": record.planned_s,
+                "kind": record.kind, "wall_s": record.wall_s, "planned_s": record.planned_s, "host_s": record.host_s,
             })  # fmt: skip
         flat = {k: np.concatenate(v) for k, v in columns.items()}
         self.writer.append(

@@ -6,7 +6,7 @@ kind of layer the difference comes from."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -33,9 +33,7 @@ class RuntimeStats:
     copy_waits: int = 0  # hits whose copy had not landed when the layer ran
     copy_wait_s: float = 0.0  # GPU time spent waiting for those copies
     output_queue_s: float = 0.0  # host time queueing the copies of CPU results to the GPU
-    kind_layers: dict[str, int] = field(default_factory=dict)  # timed decode layers by kind
-    kind_wall_s: dict[str, float] = field(default_factory=dict)  # their time from routing to the next MoE layer's routing
-    kind_planned_s: dict[str, float] = field(default_factory=dict)  # the same, as the miss rule priced it
+    layer_times: dict[str, "LayerTimes"] = field(default_factory=dict)  # timed decode layers by kind
     prefill_tokens: int = 0
     decode_tokens: int = 0
     prefill_s: float = 0.0
@@ -63,11 +61,14 @@ class RuntimeStats:
     def decode_tokens_per_s(self) -> float:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
-    def add_layer_time(self, kind: str, wall_s: float, planned_s: float) -> None:
-        """Count one decode layer of ``kind`` that took ``wall_s`` where ``planned_s`` was priced."""
-        self.kind_layers[kind] = self.kind_layers.get(kind, 0) + 1
-        self.kind_wall_s[kind] = self.kind_wall_s.get(kind, 0.0) + wall_s
-        self.kind_planned_s[kind] = self.kind_planned_s.get(kind, 0.0) + planned_s
+    def add_layer_time(self, kind: str, wall_s: float, planned_s: float, host_s: float) -> None:
+        """Count one decode layer of ``kind`` that took ``wall_s`` where ``planned_s`` was priced,
+        ``host_s`` of it in the experts function."""
+        times = self.layer_times.setdefault(kind, LayerTimes())
+        times.layers += 1
+        times.wall_s += wall_s
+        times.planned_s += planned_s
+        times.host_s += host_s
 
     def layer_hit_rate(self) -> list[float | None]:
         total = self.layer_hits + self.layer_misses
@@ -82,6 +83,17 @@ class RuntimeStats:
             "decode_tokens_per_s": self.decode_tokens_per_s,
             "cpu_expert_s": float(self.layer_cpu_s.sum()), "gpu_expert_s": float(self.layer_gpu_s.sum()),
             "output_queue_s": self.output_queue_s,
-            "layers_by_kind": {kind: {"layers": n, "wall_s": self.kind_wall_s[kind], "planned_s": self.kind_planned_s[kind]}
-                               for kind, n in sorted(self.kind_layers.items())},
+            "layers_by_kind": {kind: asdict(times) for kind, times in sorted(self.layer_times.items())},
         }  # fmt: skip
+
+
+@dataclass
+class LayerTimes:
+    """Decode layers of one kind, summed: from each one's routing to the next MoE layer's routing,
+    measured (``wall_s``) and as the miss rule priced it (``planned_s``), and the host's part of it
+    in the experts function (``host_s``: planning, queueing GPU work, CPU experts, results back)."""
+
+    layers: int = 0
+    wall_s: float = 0.0
+    planned_s: float = 0.0
+    host_s: float = 0.0

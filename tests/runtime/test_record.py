@@ -79,6 +79,7 @@ def test_each_decode_layer_is_timed_against_its_plan_by_how_its_misses_ran(model
     last = timing.layer == timing.layer.max()
     assert timing.wall_s[last].isna().all() and timing.planned_s[last].isna().all()
     assert (timing.wall_s[~last] > 0).all() and (timing.planned_s[~last] >= SPLIT.dense_ms[1] / 1e3).all()
+    assert (timing.host_s > 0).all() and (timing.host_s[~last] < timing.wall_s[~last]).all()
     assert (timing.output_queue_s >= 0).all() and (timing.cpu_s[timing.kind.isin(["cpu", "hybrid", "split"])] > 0).all()
     # the counters hold the decode layers' sums by kind
     decode = timing[(timing.phase == "decode") & ~last]
@@ -87,6 +88,7 @@ def test_each_decode_layer_is_timed_against_its_plan_by_how_its_misses_ran(model
     for kind, row in by_kind.items():
         assert row["wall_s"] == pytest.approx(decode.wall_s[decode.kind == kind].sum())
         assert row["planned_s"] == pytest.approx(decode.planned_s[decode.kind == kind].sum())
+        assert row["host_s"] == pytest.approx(decode.host_s[decode.kind == kind].sum())
     assert sum(row["wall_s"] for row in by_kind.values()) < runtime.stats.decode_s
 
 
