@@ -16,6 +16,8 @@ import json
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 
 def run_errors(rows: list[dict], key: str = "error") -> tuple[float, float] | None:
     """Median and worst absolute error of single runs (``key``: "error" against the start
@@ -39,12 +41,27 @@ def summarise(rows: list[dict]) -> str:
     spreads = [_spread(runs) for runs in by_config.values() if len(runs) > 1]
     if spreads:
         lines.append(f"repeats of one configuration lie apart by {statistics.median(spreads):.1%} (median), {max(spreads):.1%} (most)")
+    if all("predicted_local_tokens_per_s" in r and "measured_split" in r for r in rows):
+        lines.append(_excess_per_split(rows))
     if any("layers_by_kind" in r for r in rows):
         lines.append(_layers_by_kind(rows))
     best = max(measured, key=measured.get)
     chosen = max(predicted, key=predicted.get)
     lines.append(f"simulator's first choice {_name(chosen)} measured {measured[chosen] / measured[best]:.1%} of the measured best {_name(best)}")
     return "\n".join(lines)
+
+
+def _excess_per_split(rows: list[dict]) -> str:
+    """Decode time beyond the prediction at the CPU speed measured around each run, fitted by least
+    squares as a constant plus a cost per split miss: what a split costs that the model does not charge."""
+    tokens = [r["measured_decode_s"] * r["measured_tokens_per_s"] for r in rows]
+    excess = np.array([r["measured_decode_s"] - n / r["predicted_local_tokens_per_s"] for r, n in zip(rows, tokens)])
+    splits = np.array([r["measured_split"] for r in rows], dtype=float)
+    design = np.column_stack([splits, np.ones_like(splits)])
+    (per_split, constant), *_ = np.linalg.lstsq(design, excess, rcond=None)
+    explained = 1 - np.sum((excess - design @ [per_split, constant]) ** 2) / max(np.sum((excess - excess.mean()) ** 2), 1e-12)
+    return (f"decode time beyond the CPU-local prediction: {1e3 * per_split:.2f} ms per split miss, {constant:+.2f} s per run "
+            f"(least squares over {len(rows)} runs, R² {explained:.2f})")
 
 
 def _layers_by_kind(rows: list[dict]) -> str:
