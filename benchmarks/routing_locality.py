@@ -33,7 +33,7 @@ from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.sweep import best_config, rank, run_sweep, runnable_candidates
-from expertcache.traces.io import Trace, TraceWriter, read_trace
+from expertcache.traces.io import Trace, read_trace
 from expertcache.traces.synthetic import synthetic_trace
 from expertcache.units import parse_bytes
 
@@ -59,14 +59,6 @@ def fit(target: np.ndarray, tokens: int) -> tuple[float, float, np.ndarray]:
     return stickiness, skew, reached
 
 
-def write(trace: Trace, path: Path) -> Path:
-    frame = trace.frame
-    with TraceWriter(path, trace.meta) as writer:
-        writer.append(request=frame.request.to_numpy(), position=frame.position.to_numpy(), phase="decode", layer=frame.layer.to_numpy(),
-                      rank=frame["rank"].to_numpy(), expert=frame.expert.to_numpy(), weight=frame.weight.to_numpy())  # fmt: skip
-    return path
-
-
 def price(shape: str, budget: str, bench: Path, stickiness: float, skew: float, tokens: int, workdir: Path) -> dict:
     """expertcache's best configuration and each peer, priced on routing of the fitted character."""
     result = json.loads(bench.read_text())
@@ -78,7 +70,7 @@ def price(shape: str, budget: str, bench: Path, stickiness: float, skew: float, 
     top_k = config.num_experts_per_tok
     trace = synthetic_trace(tokens, num_layers=config.num_hidden_layers, num_experts=experts, top_k=top_k, requests=2,
                             stickiness=stickiness, skew=skew, expert_bytes=profile.expert_bytes)  # fmt: skip
-    path = write(trace, workdir / f"{shape}.parquet")
+    path = trace.write(workdir / f"{shape}.parquet")
     chosen = best_config(rank(run_sweep([path], runnable_candidates(slots, top_k, [threads]), profile, executor="serial")), None)
     replay = ReplayInput.from_trace(read_trace(path))
     ours = simulate(replay, chosen.geometry, chosen.policy, profile, threads)

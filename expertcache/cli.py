@@ -28,6 +28,8 @@ class Commands(click.Group):
 MODEL_COMMANDS = {"run", "record", "calibrate", "tune", "bench"}
 """The commands that compute experts on the CPU: their OpenMP threads keep spinning between
 bursts (``runtime.cpu_threads``)."""
+FULL_SHAPES = ["mixtral-8x7b", "phi-3.5-moe", "olmoe-1b-7b", "qwen3-30b-a3b"]
+"""``runtime.synthetic.FULL_SHAPES``, named here so that ``--help`` does not import torch."""
 
 
 @click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -384,7 +386,7 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 
 @main.command()
 @click.option("--model", "model_path", type=click.Path(), help="Local model directory to calibrate for.")
-@click.option("--synthetic", "shape", type=click.Choice(["mixtral-8x7b", "phi-3.5-moe", "olmoe-1b-7b", "qwen3-30b-a3b"]), help="Calibrate for a full-size architecture with synthesized weights instead (GPU).")
+@click.option("--synthetic", "shape", type=click.Choice(FULL_SHAPES), help="Calibrate for a full-size architecture with synthesized weights instead (GPU).")
 @click.option("--layers", type=int, default=2, show_default=True, help="Layers of the --synthetic model to build (timings are per layer).")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--threads", "thread_list", help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
@@ -466,7 +468,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 
 @main.command()
 @click.option("--model", "model_path", type=click.Path(), help="Local model directory to bench.")
-@click.option("--synthetic", "shape", type=click.Choice(["mixtral-8x7b", "phi-3.5-moe", "olmoe-1b-7b", "qwen3-30b-a3b"]), help="A full-size architecture with synthesized weights instead.")
+@click.option("--synthetic", "shape", type=click.Choice(FULL_SHAPES), help="A full-size architecture with synthesized weights instead.")
 @click.option("--layers", type=int, help="Build only this many decoder layers of --synthetic. [default: all]")
 @click.option("--budget", "budget_text", required=True, help="GPU memory for everything (dense weights, KV cache, slots), e.g. 24GiB.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Force every system's routing from this trace. [default: the model's routers]")
@@ -590,6 +592,45 @@ def validate(paths) -> None:
     for path in paths:
         loaded = read_trace(path)
         click.echo(f"{path}: ok ({loaded.num_accesses:,} accesses)")
+
+
+@trace.command("synthesize")
+@click.option("--shape", type=click.Choice(FULL_SHAPES), help="Take the layers, experts, top-k and expert bytes from this architecture.")
+@click.option("--layers", type=int, default=32, show_default=True, help="MoE layers (without --shape).")
+@click.option("--experts", type=int, default=8, show_default=True, help="Experts per layer (without --shape).")
+@click.option("--top-k", type=int, default=2, show_default=True, help="Experts chosen per token (without --shape).")
+@click.option("--expert-bytes", type=int, default=352_321_536, show_default=True, help="Bytes of one expert (without --shape).")
+@click.option("--tokens", type=int, default=128, show_default=True, help="Decode tokens per request.")
+@click.option("--requests", type=int, default=2, show_default=True)
+@click.option("--stickiness", type=float, default=0.15, show_default=True, help="Chance that a token keeps each of the previous token's experts.")
+@click.option("--skew", type=float, default=0.25, show_default=True, help="How unevenly a layer's experts are chosen (0: evenly).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
+def synthesize_trace(shape, layers, experts, top_k, expert_bytes, tokens, requests, stickiness, skew, seed, out_path) -> None:
+    """Write decode routing drawn at random with tunable locality, for sweeps and benches of a
+    model whose real routing you do not have (`bench --trace` forces it on a live run).
+
+    The default stickiness and skew give routing as local as the real Mixtral-8x7B traces (reuse
+    across consecutive tokens, and within the last 2 and 4 tokens; benchmarks/routing_locality.py
+    fits them). It keeps Mixtral's locality, not the other model's own: record a real run where
+    you can."""
+    from expertcache.errors import ConfigError
+    from expertcache.traces.synthetic import synthetic_trace
+
+    if not 0.0 <= stickiness <= 1.0 or skew < 0 or min(tokens, requests) < 1:
+        raise ConfigError("--stickiness must lie in [0, 1], --skew must not be negative, --tokens and --requests must be at least 1")
+    if shape:
+        import torch
+
+        from expertcache.runtime.loader import plan_memory
+        from expertcache.runtime.synthetic import full_size_config
+
+        plan = plan_memory(full_size_config(shape), 2**40, 1, torch.bfloat16)
+        layers, experts, top_k, expert_bytes = plan.num_moe_layers, plan.num_experts, plan.top_k, plan.expert_bytes
+    drawn = synthetic_trace(tokens, num_layers=layers, num_experts=experts, top_k=top_k, requests=requests,
+                            stickiness=stickiness, skew=skew, expert_bytes=expert_bytes, seed=seed)  # fmt: skip
+    drawn.write(out_path)
+    click.echo(f"{out_path}: {requests} requests x {tokens} decode tokens, {layers} layers, {experts} experts, top-{top_k}")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,25 @@ def test_trace_info_and_validate(small_trace):
     assert ok.returncode == 0 and "ok (16 accesses)" in ok.stdout
 
 
+def test_trace_synthesize_writes_routing_of_a_shape_with_the_locality_asked_for(tmp_path):
+    from expertcache.analysis.reuse import reuse_numbers
+    from expertcache.cli import FULL_SHAPES as NAMED_IN_THE_CLI
+    from expertcache.runtime.synthetic import FULL_SHAPES
+
+    assert NAMED_IN_THE_CLI == list(FULL_SHAPES)
+    result = run_cli("trace", "synthesize", "--shape", "phi-3.5-moe", "--tokens", "40", "--out", str(tmp_path / "phi.parquet"))
+    assert result.returncode == 0, result.stderr
+    phi = read_trace(tmp_path / "phi.parquet")
+    assert (phi.meta.num_layers, phi.meta.num_experts, phi.meta.top_k, phi.meta.expert_bytes) == (32, 16, 2, 3 * 4096 * 6400 * 2)
+    assert len(phi.frame) == 2 * 40 * 32 * 2 and set(phi.frame.phase) == {"decode"}
+    reuse = {}
+    for stickiness in (0.0, 0.6):
+        path = tmp_path / f"s{stickiness}.parquet"
+        assert run_cli("trace", "synthesize", "--stickiness", str(stickiness), "--tokens", "40", "--out", str(path)).returncode == 0
+        reuse[stickiness] = reuse_numbers(read_trace(path))["consecutive_token"]["fraction"]
+    assert reuse[0.6] > reuse[0.0] + 0.2  # stickier routing reuses more of the previous token's experts
+
+
 def _bad_trace(tmp_path):
     table = pa.table({"request": pa.array([0], pa.int32())})
     pq.write_table(table, tmp_path / "schema.parquet")
@@ -80,6 +99,8 @@ def _bad_trace(tmp_path):
         (["sweep", "--trace", "{trace}", "--budget", "lots"], "cannot read 'lots' as a size"),
         (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--profile", "nowhere.json"], "no profile"),
         (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--threads", "3"], "no CPU timings for 3 threads"),
+        (["trace", "synthesize", "--stickiness", "1.5", "--out", "{missing}"], "--stickiness must lie in [0, 1]"),
+        (["trace", "synthesize", "--experts", "2", "--top-k", "3", "--out", "{missing}"], "top_k=3 must be between 1 and num_experts=2"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_status_2(small_trace, tmp_path, args, message):

@@ -40,6 +40,12 @@ class Trace:
     def num_accesses(self) -> int:
         return len(self.frame)
 
+    def write(self, path: str | os.PathLike) -> Path:
+        """Write this trace to ``path`` as a trace file (through ``TraceWriter``, as a recording does)."""
+        with TraceWriter(path, self.meta) as writer:
+            writer.append(**{name: self.frame[name].to_numpy() for name in TRACE_SCHEMA.names})
+        return writer.path
+
     def in_execution_order(self) -> pd.DataFrame:
         """Rows in the order the model touches experts, with a global forward-pass index ``step``.
 

@@ -26,6 +26,14 @@ def synthetic_trace(
     seed: int = 0,
 ) -> Trace:
     """A decode-only trace of ``tokens`` positions per request, as a :class:`Trace` in memory."""
+    meta = TraceMeta(  # checks the shape before anything is drawn
+        model=f"synthetic(stickiness={stickiness}, skew={skew}, seed={seed})",
+        num_layers=num_layers,
+        moe_layers=list(range(num_layers)),
+        num_experts=num_experts,
+        top_k=top_k,
+        expert_bytes=expert_bytes,
+    )
     rng = np.random.default_rng(seed)
     popularity = rng.dirichlet(np.full(num_experts, 1.0 / max(skew, 1e-3)), size=num_layers)
     choices = np.empty((requests, tokens, num_layers, top_k), dtype=np.int16)
@@ -63,13 +71,5 @@ def synthetic_trace(
             "expert": choices.ravel(),
             "weight": weights.ravel(),
         }
-    )
-    meta = TraceMeta(
-        model=f"synthetic(stickiness={stickiness}, skew={skew}, seed={seed})",
-        num_layers=num_layers,
-        moe_layers=list(range(num_layers)),
-        num_experts=num_experts,
-        top_k=top_k,
-        expert_bytes=expert_bytes,
     )
     return Trace(meta=meta, frame=frame)
