@@ -411,6 +411,8 @@ def calibrate(model_path, shape, layers, device, thread_list, repeats, trust_rem
     profile.to_json(out_path)
     click.echo(f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) " + ", ".join(f"{t} threads {row[1]:.2f} ms" for t, row in profile.cpu_expert_ms.items()))
     click.echo(f"GPU expert (1 token) {profile.gpu_expert_ms[1]:.3f} ms; outside experts {profile.dense_ms[1]:.3f} ms per layer; CPU slowdown under copies {profile.cpu_slowdown_during_copy:.2f}, copies under CPU experts {profile.copy_slowdown_during_cpu:.2f}; queueing a GPU expert {profile.gpu_launch_ms:.3f} ms")
+    if profile.split_launch_ms is not None:
+        click.echo(f"a split expert's host time besides its CPU share {profile.split_launch_ms:.3f} ms")
     click.echo(f"profile  {out_path}")
 
 

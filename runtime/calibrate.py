@@ -53,7 +53,11 @@ outlast a pair."""
 LAUNCH_SAMPLES = 32
 """Host queueings of one GPU expert timed, at least (their median kept): the time outside experts
 is a layer's wall time less one of these per expert, so one slow sample, times every expert of a
-prefill layer, could make it look negative."""
+prefill layer, could make it look negative. Splits are timed as many times."""
+
+SPLIT_SHARE = 0.5
+"""The GPU's share of the split whose host time is measured: decode's splits on the lent H100 host
+gave the GPU 0.4-0.7 of the expert."""
 
 
 def _time_s(run: Callable[[], None], repeats: int, synchronize: bool, average: Callable = statistics.median, min_seconds: float = 0.0) -> float:
@@ -130,6 +134,10 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         row = torch.tensor([1], device=runtime.device)
         runtime.pool.fill(scratch, next(rows))
         launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x[row], scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
+    split_launch_ms = None
+    if scratch is not None and least_gpu_share(module, layout) > 0:
+        say("host time of a split expert")
+        split_launch_ms = _split_launch_ms(runtime, module, torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device), scratch, repeats)
 
     say("layers outside expert compute")
     dense_ms, cpu_overhead_ms = _time_outside_experts(model, runtime, launch_ms)
@@ -146,9 +154,31 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         gpu_launch_ms=launch_ms,
         cpu_path_overhead_ms=cpu_overhead_ms,
         split_min_gpu_share=least_gpu_share(module, layout),
+        split_launch_ms=split_launch_ms,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores; dense_ms holds all time per layer outside expert work (dispatch included)",
     )
+
+
+def _split_launch_ms(runtime, module, rows: torch.Tensor, slot: int, repeats: int) -> float:
+    """Median host milliseconds of a split besides its CPU share: copies started, the GPU's kernels
+    and the CPU's activations queued (``CachedExperts.queue_split_expert``). The device is idle
+    before each, so the GPU's slices land while the CPU computes and nothing waits for the link."""
+    layer = runtime.moe_layers[0]
+    experts = itertools.cycle(range(runtime.num_experts))
+    on_cuda = runtime.device.type == "cuda"
+    samples = []
+    for sample in range(max(repeats, LAUNCH_SAMPLES) + 1):  # the first one warms up
+        if on_cuda:
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        cpu_s = runtime.queue_split_expert(module, layer, next(experts), rows, slot, SPLIT_SHARE)
+        host_s = time.perf_counter() - started - cpu_s
+        if sample:
+            samples.append(host_s)
+    if on_cuda:
+        torch.cuda.synchronize()
+    return 1e3 * max(0.0, statistics.median(samples))
 
 
 def cpu_expert_ms(

@@ -43,6 +43,9 @@ class Profile:
     gpu_launch_ms: float = 0.0  # host time to queue one GPU expert (the host queues them before CPU work)
     cpu_path_overhead_ms: float = 0.0  # per layer computing any expert on the CPU: input to the host, outputs back
     split_min_gpu_share: float = 1 / 3  # a split miss leaves the GPU at least this share of its bytes (runtime.split); 0: no splits
+    # host time to run a split besides its CPU share: its copies, the GPU's kernels, the CPU's activations
+    # sent over (runtime.split); None: priced as one GPU launch (profiles calibrated before it was measured)
+    split_launch_ms: float | None = None
     notes: str = ""
 
     def __post_init__(self) -> None:

@@ -24,15 +24,16 @@ CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
 (expertcache), the GPU always (on-demand fetching)."""
 
 
-RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "split_min_gpu_share")
+RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "split_min_gpu_share", "split_launch_s")
 """The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``)."""
 
 
 def rates_of(profile, expert_bytes: int) -> np.ndarray:
     """``split_misses``' rates for a ``costs.Profile`` and an expert size."""
+    split_launch_ms = profile.gpu_launch_ms if profile.split_launch_ms is None else profile.split_launch_ms
     return np.array([profile.copy_s(expert_bytes), profile.cpu_slowdown_during_copy,
                      profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3,
-                     profile.split_min_gpu_share])  # fmt: skip
+                     profile.split_min_gpu_share, split_launch_ms / 1e3])  # fmt: skip
 
 
 MIN_CPU_SHARE = 0.05
@@ -51,7 +52,8 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
 
     One host thread queues every GPU expert and its copy (``launch_s`` each) before it computes
     the CPU's share, so GPU work delays the CPU path, and a GPU expert ends no sooner than it is
-    queued. Copies and CPU experts both read host memory: while both run, CPU experts take
+    queued; a split costs the host ``split_launch_s`` besides its CPU share (charged before it: the
+    part after it, queueing the output, delays the GPU's last kernel as much). Copies and CPU experts both read host memory: while both run, CPU experts take
     ``cpu_slowdown`` times as long and copies ``copy_slowdown`` times. A layer with any CPU work
     pays ``cpu_overhead_s`` once (its input to the host, the outputs back). Copies a GPU
     computation waits for go first; those of kept misses computed on the CPU queue behind them.
@@ -102,7 +104,7 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         if gpu_share[j] > 0:
             link = max(link, host) + gpu_share[j] * copy_time
             link_busy += gpu_share[j] * copy_time
-            host += launch_s
+            host += launch_s if gpu_share[j] == 1.0 else rates[6]
             copy_end[j] = link
             spent[3] += max(0.0, link - gpu)
             spent[1] += gpu_s[n]
@@ -127,10 +129,10 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
 def _split_share(n, starts, gpu_from, issued, cpu, whole_finish, cpu_s, gpu_s, rates, whole_share):
     """The GPU's share of a lone miss split across both paths, or ``whole_share`` when a split
     would not finish first. The copy of the GPU's share and the CPU's work run at the same time,
-    so both are slowed; the CPU starts once the host has queued the GPU's first half."""
+    so both are slowed; the CPU starts once the host has set the split going (``split_launch_s``)."""
     copy = rates[0] * rates[2]
     on_cpu = cpu_s[n] * rates[1]
-    cpu_starts = max(cpu, issued + rates[3]) + rates[4]
+    cpu_starts = max(cpu, issued + rates[6]) + rates[4]
     # the copy of the GPU's share ends at starts + f * copy, the CPU's share at cpu_starts + (1 - f) * on_cpu
     share = max((cpu_starts + on_cpu - starts) / (copy + on_cpu), rates[5])
     if share > 1.0 - MIN_CPU_SHARE:

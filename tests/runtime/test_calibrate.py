@@ -22,9 +22,20 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     # olmoe toy: hidden 64, expert intermediate 48, float32: gate_up 96×64 + down 64×48
     assert profile.expert_bytes == (96 * 64 + 64 * 48) * 4
     assert profile.split_min_gpu_share == pytest.approx(64 * 48 / (96 * 64 + 64 * 48))  # down_proj's share: a third
+    assert profile.split_launch_ms is not None and profile.split_launch_ms > 0 and "a split expert's host time" in result.stdout
     simulated = run_cli("simulate", "--sets", "2", "--ways", "4", "--profile", str(out), "--threads", "2", "--format", "json")
     assert simulated.returncode == 0, simulated.stderr
     assert json.loads(simulated.stdout)["tokens_per_s"] > 0
+
+
+def test_a_model_whose_experts_cannot_be_split_gets_no_split_price(model_dirs):
+    from expertcache.runtime.calibrate import calibrate
+    from expertcache.runtime.loader import load
+    from expertcache.simulator.config import CacheConfig
+
+    model = load(model_dirs("gpt_oss"), config=CacheConfig(sets=1, ways=4, policy="lru"), device="cpu")  # stored transposed
+    profile = calibrate(model, threads=[1], repeats=1)
+    assert profile.split_min_gpu_share == 0.0 and profile.split_launch_ms is None
 
 
 def test_calibrate_needs_exactly_one_model():

@@ -16,9 +16,11 @@ EXPERT_BYTES = 1_000_000
 
 
 def rates(copy_s: float, cpu_slowdown: float, copy_slowdown: float, launch_s: float = 0.0, cpu_overhead_s: float = 0.0,
-          split_min_gpu_share: float = 0.0) -> np.ndarray:  # fmt: skip
-    """``split_misses``' rates array, in ``schedule.RATES`` order; no splits unless asked."""
-    return np.array([copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, split_min_gpu_share])
+          split_min_gpu_share: float = 0.0, split_launch_s: float | None = None) -> np.ndarray:  # fmt: skip
+    """``split_misses``' rates array, in ``schedule.RATES`` order; no splits unless asked; a split's
+    launch costs one GPU launch unless given."""
+    split_launch_s = launch_s if split_launch_s is None else split_launch_s
+    return np.array([copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, split_min_gpu_share, split_launch_s])
 
 
 def profile(copy_ms: float, split_min_gpu_share: float = 0.0) -> Profile:
@@ -191,6 +193,19 @@ def test_a_lone_miss_is_split_so_that_both_paths_end_together(admitted):
     # the GPU's slices land first; a kept expert's remaining bytes follow on the link
     assert link == pytest.approx(6.0 if admitted else 3.75) and copy_end[0] == pytest.approx(link)
     assert spent.tolist() == pytest.approx([3.75, 0.1, link, 3.75])
+
+
+def test_a_splits_host_time_delays_its_cpu_share_and_can_make_a_whole_copy_sooner():
+    cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
+    share, copy_end, spent = np.zeros(1), np.zeros(1), np.zeros(4)
+    # the CPU's share starts after the split's launch of 1: f * 6 = 1 + (1 - f) * 10 at f = 11 / 16
+    gpu, cpu, _ = split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                               cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3, split_launch_s=1.0), share, copy_end, spent)  # fmt: skip
+    assert share[0] == pytest.approx(11 / 16) and (gpu, cpu) == pytest.approx((4.225, 4.125))
+    # a launch of 6: the CPU would get nothing left to do before the whole copy (6.1) is done
+    split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3, split_launch_s=6.0), share, copy_end, spent)  # fmt: skip
+    assert share[0] == 1.0
 
 
 def test_a_split_leaves_the_gpu_at_least_its_least_share():
