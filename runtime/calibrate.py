@@ -167,12 +167,13 @@ def _split_launch_ms(runtime, module, rows: torch.Tensor, slot: int, repeats: in
     layer = runtime.moe_layers[0]
     experts = itertools.cycle(range(runtime.num_experts))
     on_cuda = runtime.device.type == "cuda"
+    rows_on_host = rows.cpu()
     samples = []
     for sample in range(max(repeats, LAUNCH_SAMPLES) + 1):  # the first one warms up
         if on_cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
-        cpu_s = runtime.queue_split_expert(module, layer, next(experts), rows, slot, SPLIT_SHARE)
+        cpu_s = runtime.queue_split_expert(module, layer, next(experts), rows, rows_on_host, slot, SPLIT_SHARE)
         host_s = time.perf_counter() - started - cpu_s
         if sample:
             samples.append(host_s)

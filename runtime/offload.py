@@ -343,15 +343,17 @@ class CachedExperts:
         self.pool.release(slot)
         return out
 
-    def queue_split_expert(self, module: nn.Module, layer: int, expert: int, rows: torch.Tensor, slot: int, gpu_share: float) -> float:
-        """``expert`` of ``layer`` applied to ``rows`` split at ``gpu_share`` through ``slot``, as a
-        layer's lone miss runs (queued on the GPU, its CPU share computed); returns the CPU share's
-        seconds. What calibration times as the host's cost of a split besides its CPU share."""
+    def queue_split_expert(
+        self, module: nn.Module, layer: int, expert: int, rows: torch.Tensor, rows_on_host: torch.Tensor, slot: int, gpu_share: float
+    ) -> float:
+        """``expert`` of ``layer`` applied to ``rows`` (and their host copy, which a layer makes once
+        for all its CPU work) split at ``gpu_share`` through ``slot``, as a layer's lone miss runs:
+        queued on the GPU, its CPU share computed. Returns the CPU share's seconds: calibration times
+        the host's cost of a split besides them."""
         record = LayerPass(layer, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0, dtype=bool), np.zeros(0))
         job = ExpertJob(expert, slot, 0, len(rows), gpu_share)
-        positions = np.arange(len(rows))
-        on_device = torch.from_numpy(positions).to(self.device)
-        self._run_split(module, record, rows, rows.detach().to("cpu"), on_device, positions, job, {})
+        positions = torch.arange(len(rows), device=self.device)
+        self._run_split(module, record, rows, rows_on_host, positions, np.arange(len(rows)), job, {})
         return record.cpu_s
 
     def _run_split(
