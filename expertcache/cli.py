@@ -273,6 +273,12 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
                f"{stats.split:,} split between the CPU and the GPU, the rest on the CPU")  # fmt: skip
     click.echo(f"time     CPU experts {stats.layer_cpu_s.sum():.2f} s, GPU experts {stats.layer_gpu_s.sum():.2f} s, copy waits {stats.copy_wait_s:.3f} s ({stats.copy_waits}), "
                f"queueing CPU results to the GPU {stats.output_queue_s:.3f} s")  # fmt: skip
+    if stats.layer_times:
+        from expertcache.runtime.stats import LAYER_KINDS
+
+        timed = [(kind, stats.layer_times[kind]) for kind in LAYER_KINDS if kind in stats.layer_times]
+        kinds = ", ".join(f"{kind} {t.layers:,} at {1e3 * t.wall_s / t.layers:.2f} / {1e3 * t.planned_s / t.layers:.2f}" for kind, t in timed)
+        click.echo(f"layers   decode layers by how their misses ran, ms measured / priced: {kinds}")
 
 
 @main.command()
