@@ -138,7 +138,8 @@ def layer_kinds(timing: pd.DataFrame) -> Figure:
     ax.bar(x - 0.2, measured, width=0.4, color="#1f77b4", label="measured")
     ax.bar(x + 0.2, priced, width=0.4, color="#bbbbbb", label="priced by the miss rule")
     for i, (took, price) in enumerate(zip(measured, priced)):
-        ax.annotate(f"{took / price:.2f}×", (i - 0.2, took), ha="center", va="bottom", fontsize=8)
+        if price > 0:  # a profile may price the time outside experts at nothing
+            ax.annotate(f"{took / price:.2f}×", (i - 0.2, took), ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x, [f"{kind}\n{(decode.kind == kind).sum():,} layers" for kind in kinds])
     ax.set(ylabel="ms per layer (median)", title="decode layers by how their misses ran")
     ax.legend(fontsize=8)
