@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from expertcache.runtime.stats import LayerTimes
+
 
 def run_errors(rows: list[dict], key: str = "error") -> tuple[float, float] | None:
     """Median and worst absolute error of single runs (``key``: "error" against the start
@@ -67,15 +69,12 @@ def _excess_per_split(rows: list[dict]) -> str:
 def _layers_by_kind(rows: list[dict]) -> str:
     """Decode layers of all runs by how their misses ran: the runtime's measured time per layer
     against what its miss rule priced (from routing to the next layer's routing)."""
-    totals: dict[str, dict[str, float]] = {}
+    totals: dict[str, LayerTimes] = {}
     for r in rows:
         for kind, layers in r.get("layers_by_kind", {}).items():
-            total = totals.setdefault(kind, dict.fromkeys(layers, 0.0))
-            for key, value in layers.items():
-                total[key] += value
-    cells = [f"{kind} {t['layers']:.0f} layers {1e3 * t['wall_s'] / t['layers']:.2f} / {1e3 * t['planned_s'] / t['layers']:.2f} ms "
-             f"(host {1e3 * t['host_s'] / t['layers']:.2f})" for kind, t in totals.items()]  # fmt: skip
-    return "decode layers, measured / priced by the runtime's miss rule (host's part): " + "; ".join(cells)
+            totals[kind] = totals.get(kind, LayerTimes()) + LayerTimes(**layers)
+    cells = [f"{kind} {times.describe()}" for kind, times in totals.items()]
+    return "decode layers, count: ms measured / priced by the runtime's miss rule (host's part): " + "; ".join(cells)
 
 
 def _spread(runs: list[dict]) -> float:

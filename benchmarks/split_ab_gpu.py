@@ -79,5 +79,6 @@ def main() -> None:
                             "cpu_experts": stats["cpu_experts"], "fetched": stats["fetched"], "copy_wait_s": stats["copy_wait_s"],
                             "ms": {name: (len(t), 1e3 * sum(t) / len(t)) for name, t in TIMES.items()}}, args.out)  # fmt: skip
 
+
 if __name__ == "__main__":
     main()

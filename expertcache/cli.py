@@ -276,9 +276,8 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
     if stats.layer_times:
         from expertcache.runtime.stats import LAYER_KINDS
 
-        timed = [(kind, stats.layer_times[kind]) for kind in LAYER_KINDS if kind in stats.layer_times]
-        kinds = ", ".join(f"{kind} {t.layers:,} at {1e3 * t.wall_s / t.layers:.2f} / {1e3 * t.planned_s / t.layers:.2f}" for kind, t in timed)
-        click.echo(f"layers   decode layers by how their misses ran, ms measured / priced: {kinds}")
+        kinds = ", ".join(f"{kind} {stats.layer_times[kind].describe()}" for kind in LAYER_KINDS if kind in stats.layer_times)
+        click.echo(f"layers   decode layers by how their misses ran, count: ms measured / priced (host's part): {kinds}")
 
 
 @main.command()

@@ -27,7 +27,7 @@ from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.generate import timed_generate
 from expertcache.runtime.loader import attach
 from expertcache.runtime.record import Recorder
-from expertcache.runtime.stats import LAYER_KINDS
+from expertcache.runtime.stats import LAYER_KINDS, LayerTimes
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
 from expertcache.simulator.engine import ReplayInput, simulate
@@ -223,10 +223,7 @@ def format_layer_times(rows: list[dict]) -> str:
 
 
 def _layer_cell(layers: dict | None) -> str:
-    if layers is None:
-        return "–"
-    count = layers["layers"]
-    return f"{count}: {1e3 * layers['wall_s'] / count:.2f} / {1e3 * layers['planned_s'] / count:.2f} (host {1e3 * layers['host_s'] / count:.2f})"
+    return "–" if layers is None else LayerTimes(**layers).describe()
 
 
 def format_table(rows: list[dict]) -> str:

@@ -4,8 +4,9 @@ The trace (documented schema) is appended one forward pass at a time through Tra
 killed recording keeps every completed token. Two siblings are written when the recording
 closes: ``<name>.timing.parquet`` (one row per pass and MoE layer: wall time of the pass, CPU,
 GPU and copy-wait seconds of the layer, hits and misses, how its misses ran, and its time from
-routing to the next MoE layer's routing, measured and as the miss rule priced it) and ``<name>.access.parquet`` (one row
-per expert access: whether it hit, and its slot), which tests compare with the simulator.
+routing to the next MoE layer's routing, measured, as the miss rule priced it, and the host's
+part; docs/trace-format.md) and ``<name>.access.parquet`` (one row per expert access: whether it
+hit, and its slot), which tests compare with the simulator.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ kind of layer the difference comes from."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, astuple, dataclass, field
 
 import numpy as np
 
@@ -64,11 +64,7 @@ class RuntimeStats:
     def add_layer_time(self, kind: str, wall_s: float, planned_s: float, host_s: float) -> None:
         """Count one decode layer of ``kind`` that took ``wall_s`` where ``planned_s`` was priced,
         ``host_s`` of it in the experts function."""
-        times = self.layer_times.setdefault(kind, LayerTimes())
-        times.layers += 1
-        times.wall_s += wall_s
-        times.planned_s += planned_s
-        times.host_s += host_s
+        self.layer_times[kind] = self.layer_times.get(kind, LayerTimes()) + LayerTimes(1, wall_s, planned_s, host_s)
 
     def layer_hit_rate(self) -> list[float | None]:
         total = self.layer_hits + self.layer_misses
@@ -97,3 +93,11 @@ class LayerTimes:
     wall_s: float = 0.0
     planned_s: float = 0.0
     host_s: float = 0.0
+
+    def __add__(self, other: "LayerTimes") -> "LayerTimes":
+        return LayerTimes(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other))))
+
+    def describe(self) -> str:
+        """Count, then milliseconds per layer: measured / priced (host's part)."""
+        per_layer = 1e3 / self.layers
+        return f"{self.layers:,}: {self.wall_s * per_layer:.2f} / {self.planned_s * per_layer:.2f} (host {self.host_s * per_layer:.2f})"

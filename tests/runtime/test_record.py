@@ -125,7 +125,7 @@ def test_run_and_record_commands(model_dirs, tmp_path):
     assert run.returncode == 0, run.stderr
     assert "2 sets x 3 ways, lfu" in run.stdout and "tokens/s" in run.stdout and "hit rate" in run.stdout
     assert re.search(r"misses   \d+ experts computed on the GPU after a copy", run.stdout)
-    assert re.search(r"layers   decode layers by how their misses ran, ms measured / priced: \w+ \d+ at \d+\.\d\d / \d+\.\d\d", run.stdout)
+    assert re.search(r"layers   decode layers by how their misses ran, count: ms measured / priced \(host's part\): \w+ \d+: \d+\.\d\d / \d+\.\d\d \(host \d+\.\d\d\)", run.stdout)
     (tmp_path / "prompts.txt").write_text("first prompt\n\nsecond prompt\nthird prompt\n")
     record = subprocess.run(_cli("record", "--model", model_dir, "--prompt-file", str(tmp_path / "prompts.txt"), "--n-prompts", "2",
                                  "--max-tokens", "4", "--device", "cpu", "--hide-response", "--trace", str(tmp_path / "r.parquet")),
