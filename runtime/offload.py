@@ -61,6 +61,7 @@ class LayerPass:
     routed_at: float = 0.0  # perf_counter() once the layer's routing was on the host
     kind: str = "hits"  # one of stats.LAYER_KINDS
     expert_s: float = 0.0  # when the miss rule expected the layer's expert work to end, from routing
+    host_free_s: float = 0.0  # when it expected the host to be done with the layer, from routing
     # from routing to the next MoE layer's routing, as priced (expert work, then the dense time of the
     # layers between) and as measured; NaN for a pass's last MoE layer, whose end lies in the next pass
     planned_s: float = float("nan")
@@ -137,11 +138,12 @@ class CachedExperts:
         return self._staging[0] if self._staging else None
 
     @contextmanager
-    def decided_by(self, decider) -> Iterator[None]:
-        """Let ``decider`` (an ``access_many`` face) decide every access, misses on the CPU, and
-        record nothing, for a while: calibration times the layers around fixed placements."""
+    def decided_by(self, decider, miss_path: int = CPU_ONLY) -> Iterator[None]:
+        """Let ``decider`` (an ``access_many`` face) decide every access, misses where ``miss_path``
+        says (``schedule.CPU_ONLY``, ``GPU_ONLY``), and record nothing, for a while: calibration
+        times the layers around fixed placements."""
         saved = self.cache, self._miss_path, self.recorder
-        self.cache, self._miss_path, self.recorder = decider, CPU_ONLY, None
+        self.cache, self._miss_path, self.recorder = decider, miss_path, None
         try:
             yield
         finally:
@@ -212,7 +214,9 @@ class CachedExperts:
         if self._layers:  # the previous MoE layer of this pass ends where this one's routing is known
             previous = self._layers[-1]
             previous.wall_s = routed_at - previous.routed_at
-            previous.planned_s = previous.expert_s + (layer - previous.layer) * float(self._dense_s[min(tokens, PRICED_TOKENS)])
+            dense = float(self._dense_s[min(tokens, PRICED_TOKENS)])
+            between = (layer - previous.layer) * dense  # the host's next dense work hides some of the GPU's
+            previous.planned_s = max(previous.host_free_s, previous.expert_s - min(self._rates[7], dense)) + between
         flat = index.reshape(-1)
         hit, slot, _ = self.cache.access_many(np.full(flat.shape, layer), flat, weights.reshape(-1), self.step)
         self.stats.layer_hits[layer] += int(hit.sum())
@@ -222,7 +226,7 @@ class CachedExperts:
         self._layers.append(record)
 
         plan = self._plan(index, hit, slot)
-        record.kind, record.expert_s = plan.kind, plan.expert_s
+        record.kind, record.expert_s, record.host_free_s = plan.kind, plan.expert_s, plan.host_free_s
         # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
         hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
         rows = torch.from_numpy(plan.rows).to(hidden.device, non_blocking=True)
@@ -292,7 +296,7 @@ class CachedExperts:
                 plan.resident.append(ExpertJob(expert, int(slot[i]), start, end))
             else:
                 missed.append(ExpertJob(expert, kept.get(expert, -1), start, end))
-        shares, plan.expert_s = self._place(plan.resident, missed)
+        shares, plan.host_free_s, plan.expert_s = self._place(plan.resident, missed)
         for job, share in zip(missed, shares):
             if share > 0 and job.slot < 0:  # not kept by the policy: through a staging slot
                 job.slot = self._staging[self._next_staging % len(self._staging)]
@@ -303,14 +307,15 @@ class CachedExperts:
         plan.background = [(s, expert) for s, expert in last_in_slot.items() if s not in copied]
         return plan
 
-    def _place(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> tuple[list[float], float]:
+    def _place(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> tuple[list[float], float, float]:
         """For each miss, the share of it computed on the GPU (1: all of it, after its copy;
-        0: none), timed from now; and when the rule expects the layer's expert work to end."""
+        0: none), timed from now; and when the rule expects the host to be done with the layer
+        and the layer's expert work to end."""
         # floats, whatever the layer holds: an int here would compile split_misses anew, mid-decode
         busy = float(sum(self._gpu_s[min(job.row_count, PRICED_TOKENS)] for job in resident))
         launched = float(len(resident) * self._rates[3])
         if not missed:
-            return [], max(busy, launched)
+            return [], launched, max(busy, launched)
         rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
         admitted = np.array([job.slot >= 0 for job in missed])
         gpu_share, copy_end = np.zeros(len(missed)), np.zeros(len(missed))
@@ -320,7 +325,7 @@ class CachedExperts:
             self._cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free
-        return gpu_share.tolist(), max(gpu_end, cpu_end)
+        return gpu_share.tolist(), cpu_end, max(gpu_end, cpu_end)
 
     def _run_on_gpu(
         self, module, record: LayerPass, hidden, token_rows, jobs: list["ExpertJob"], outputs, copy_first: bool = False
@@ -442,6 +447,7 @@ class LayerPlan:
     split: list[ExpertJob] = field(default_factory=list)  # lone misses computed partly on each side
     background: list[tuple[int, int]] = field(default_factory=list)  # (slot, expert): kept misses run on the CPU
     expert_s: float = 0.0  # when the miss rule expects the layer's expert work to end, from routing
+    host_free_s: float = 0.0  # when it expects the host to be done with the layer, from routing
 
     @property
     def kind(self) -> str:

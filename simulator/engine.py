@@ -4,7 +4,8 @@ Each (forward pass, MoE layer) is charged as the runtime executes it: the dense 
 then hits on the GPU from their slots (waiting for a copy still in flight), then each miss where
 ``schedule.split_misses`` puts it: on the CPU, on the GPU after its copy (copies run one after
 another on the PCIe link), or a lone miss split between the two. The layer takes as long as the
-slower of the GPU and CPU paths, plus a fixed dispatch overhead.
+slower of the GPU and CPU paths, plus a fixed dispatch overhead, less the GPU's tail that the
+host's next dense work hides (``Profile.dense_overlap_ms``).
 """
 
 from __future__ import annotations
@@ -131,14 +132,16 @@ class SimResult:
 
 @njit(cache=True, error_model="numpy")
 def _charge_time(
-    layer, expert, num_experts, hit, slot, group_start, group_tokens, group_decode,
+    layer, expert, step, num_experts, hit, slot, group_start, group_tokens, group_decode,
     cpu_s, gpu_s, dense_s, rates, overhead_s, num_slots, miss_paths,
     totals, counts, layer_hits, layer_misses,
 ):  # fmt: skip
     """Price the cache's decisions, one (pass, layer) group at a time.
 
     Hits run on the GPU first (waiting for a copy still in flight), as the runtime launches
-    them; then ``schedule.split_misses`` places the misses by ``miss_paths``.
+    them; then ``schedule.split_misses`` places the misses by ``miss_paths``. The host queues GPU
+    work without waiting for it, so it begins the next layer's dense work while the GPU finishes
+    up to ``dense_overlap_s`` of this layer's (within a pass: the next pass waits for its token).
 
     ``totals`` receives prefill, CPU, GPU, PCIe-busy, stall, overhead and decode seconds;
     ``counts`` decode hits, decode misses, bypassed and split misses; the layer arrays hits and misses.
@@ -154,7 +157,8 @@ def _charge_time(
     gpu_share = np.zeros(num_experts)
     copy_end = np.zeros(num_experts)
     spent = np.zeros(4)  # CPU, GPU, link busy, stall
-    clock = 0.0
+    clock = 0.0  # when the previous layer's work ends
+    host_free = 0.0  # when the host is done with it
     link_free = 0.0
     for g in range(len(group_start) - 1):
         n_touched = 0
@@ -174,8 +178,12 @@ def _charge_time(
                 order[n_touched] = e
                 n_touched += 1
             count[e] += 1
-        start = clock
         dense = dense_s[group_tokens[g]]
+        start = clock
+        if g > 0 and step[group_start[g]] == step[group_start[g - 1]]:
+            # the host starts this layer's dense work once it is free, while the GPU still works
+            # (a new pass waits for its token instead)
+            start = max(host_free, clock - min(rates[7], dense))
         gpu = start + dense
         host = gpu  # the host queues each GPU expert in turn
         n_missed = 0
@@ -205,9 +213,10 @@ def _charge_time(
             if miss_admitted[j]:
                 copy_done[miss_slot[j]] = copy_end[j]
         spent[1] += dense
-        clock = max(gpu, cpu) + overhead_s
+        end = max(gpu, cpu) + overhead_s
         totals[5] += overhead_s
-        totals[6 if decode else 0] += clock - start
+        totals[6 if decode else 0] += end - clock
+        clock, host_free = end, cpu + overhead_s
     totals[1] += spent[0]
     totals[2] += spent[1]
     totals[3] += spent[2]
@@ -251,7 +260,7 @@ def simulate(
     layer_hits = np.zeros(meta.num_layers, dtype=np.int64)
     layer_misses = np.zeros(meta.num_layers, dtype=np.int64)
     _charge_time(
-        replay.layer, replay.expert, meta.num_experts, hit, slot,
+        replay.layer, replay.expert, replay.step, meta.num_experts, hit, slot,
         replay.group_start, replay.group_tokens, replay.group_decode,
         profile.cpu_table_s(threads, meta.expert_bytes, max_tokens),
         profile.gpu_table_s(meta.expert_bytes, max_tokens),

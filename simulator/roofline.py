@@ -6,8 +6,10 @@ computing some misses one after another, and the GPU computing the hits and the 
 after their copies (copies back to back on the link). When the model's experts can be split
 (``Profile.split_min_gpu_share`` > 0), one miss may be shared between the two paths, the GPU
 taking at least that share of it, as the runtime can (only a layer's lone miss, there).
-Dispatch overhead is left out on purpose: it is what a real runtime loses, and the gap to this
-bound is what there is left to win.
+The GPU's work may run on behind the host into the next layer's dense work, by as much as the
+machine lets the host go ahead (``Profile.dense_overlap_ms``); the CPU's may not, as it holds the
+host. Dispatch overhead is left out on purpose: it is what a real runtime loses, and the gap to
+this bound is what there is left to win.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def roofline(replay: ReplayInput, outcome: np.ndarray, profile: Profile, threads
     copy_s = profile.copy_s(meta.expert_bytes)
     totals = [0.0, 0.0]
     for g in range(len(replay.group_start) - 1):
+        dense = dense_s[replay.group_tokens[g]]
+        hidden = min(profile.dense_overlap_ms / 1e3, dense)  # GPU time behind the host's next dense work
         span = slice(replay.group_start[g], replay.group_start[g + 1])
         experts, first, tokens = np.unique(replay.expert[span], return_index=True, return_counts=True)
         resident = outcome[span][first] == HIT
@@ -57,13 +61,13 @@ def roofline(replay: ReplayInput, outcome: np.ndarray, profile: Profile, threads
             gpu_path = gpu_compute
             if len(fetched):
                 gpu_path = max(gpu_path, len(fetched) * copy_s + gpu_s[fetched[-1]])
-            best = min(best, max(cpu_path, gpu_path))
+            best = min(best, max(cpu_path, gpu_path - hidden))
             if profile.split_min_gpu_share > 0 and len(fetched):  # the first fetched one shared: share f copied first
                 shared, after = fetched[0], fetched[1:]
                 tail = gpu_s[after[-1] if len(after) else shared]
-                f = (cpu_path + cpu_s[shared] - len(after) * copy_s - tail) / (cpu_s[shared] + copy_s)
+                f = (cpu_path + cpu_s[shared] - len(after) * copy_s - tail + hidden) / (cpu_s[shared] + copy_s)
                 f = min(max(f, profile.split_min_gpu_share), 1.0)
                 link_path = (len(after) + f) * copy_s + tail
-                best = min(best, max(cpu_path + (1 - f) * cpu_s[shared], gpu_compute, link_path))
-        totals[int(replay.group_decode[g])] += dense_s[replay.group_tokens[g]] + best
+                best = min(best, max(cpu_path + (1 - f) * cpu_s[shared], gpu_compute - hidden, link_path - hidden))
+        totals[int(replay.group_decode[g])] += dense + max(best, 0.0)
     return Roofline(prefill_s=totals[0], decode_s=totals[1], decode_tokens=replay.decode_tokens)

@@ -24,7 +24,8 @@ CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
 (expertcache), the GPU always (on-demand fetching)."""
 
 
-RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "split_min_gpu_share", "split_launch_s")
+RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "split_min_gpu_share", "split_launch_s",
+         "dense_overlap_s")
 """The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``)."""
 
 
@@ -33,7 +34,7 @@ def rates_of(profile, expert_bytes: int) -> np.ndarray:
     split_launch_ms = profile.gpu_launch_ms if profile.split_launch_ms is None else profile.split_launch_ms
     return np.array([profile.copy_s(expert_bytes), profile.cpu_slowdown_during_copy,
                      profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3,
-                     profile.split_min_gpu_share, split_launch_ms / 1e3])  # fmt: skip
+                     profile.split_min_gpu_share, split_launch_ms / 1e3, profile.dense_overlap_ms / 1e3])  # fmt: skip
 
 
 MIN_CPU_SHARE = 0.05
@@ -59,7 +60,9 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     pays ``cpu_overhead_s`` once (its input to the host, the outputs back). Copies a GPU
     computation waits for go first; those of kept misses computed on the CPU queue behind them.
 
-    Each miss is placed greedily where it would finish first, judged at its turn; a lone miss
+    Each miss is placed greedily where it would finish first, judged at its turn and as the host
+    sees it: the host goes on to the next layer's dense work while the GPU finishes, so the last
+    ``dense_overlap_s`` of GPU work costs the layer nothing, while CPU work holds the host. A lone miss
     may instead be split when ``split_min_gpu_share`` > 0, the GPU computing last, once the
     CPU's share is done and its own copied. Then the layer is charged with every placement
     known (a copy is slowed when the layer has CPU work, which a later miss may add). Writes
@@ -74,13 +77,16 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         n = tokens[j]
         starts = max(link, issued)
         copied_at = starts + copy_s * (copy_slowdown if cpu > starts else 1.0)
-        gpu_finish = max(max(gpu_path, copied_at) + gpu_s[n], issued + launch_s)
+        computed = max(gpu_path, copied_at) + gpu_s[n]
+        gpu_finish = max(computed, issued + launch_s)
+        # the host goes on to the next layer's dense work while the GPU finishes; the CPU path holds it
+        gpu_seen = max(computed - rates[7], issued + launch_s)
         copying = link > cpu or background > 0 or admitted[j]
         cpu_finish = cpu + cpu_s[n] * (cpu_slowdown if copying else 1.0) + (cpu_overhead_s if first_on_cpu else 0.0)
-        on_gpu = mode == GPU_ONLY or (mode == HYBRID and gpu_finish < cpu_finish)
+        on_gpu = mode == GPU_ONLY or (mode == HYBRID and gpu_seen < cpu_finish)
         gpu_share[j] = 1.0 if on_gpu else 0.0
         if mode == HYBRID and count == 1 and rates[5] > 0:
-            gpu_share[j] = _split_share(n, starts, gpu_path, issued, cpu, min(gpu_finish, cpu_finish), cpu_s, gpu_s, rates, gpu_share[j])
+            gpu_share[j] = _split_share(n, starts, gpu_path, issued, cpu, min(gpu_seen, cpu_finish), cpu_s, gpu_s, rates, gpu_share[j])
         if on_gpu:
             gpu_path, link = gpu_finish, copied_at
             issued += launch_s
@@ -129,7 +135,8 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
 @njit(cache=True, error_model="numpy", inline="always")
 def _split_share(n, starts, gpu_from, issued, cpu, whole_finish, cpu_s, gpu_s, rates, whole_share):
     """The GPU's share of a lone miss split across both paths, or ``whole_share`` when a split
-    would not finish first. The copy of the GPU's share and the CPU's work run at the same time,
+    would not let the host go on sooner (``whole_finish``: the sooner of the whole miss's ends,
+    each as the host sees it). The copy of the GPU's share and the CPU's work run at the same time,
     so both are slowed; the CPU starts once the host has set the split going (``split_launch_s``)."""
     copy = rates[0] * rates[2]
     on_cpu = cpu_s[n] * rates[1]
@@ -138,5 +145,6 @@ def _split_share(n, starts, gpu_from, issued, cpu, whole_finish, cpu_s, gpu_s, r
     share = max((cpu_starts + on_cpu - starts) / (copy + on_cpu), rates[5])
     if share > 1.0 - MIN_CPU_SHARE:
         return whole_share
-    finish = max(max(gpu_from, starts + share * copy), cpu_starts + (1.0 - share) * on_cpu) + gpu_s[n]
-    return share if finish < whole_finish else whole_share
+    cpu_done = cpu_starts + (1.0 - share) * on_cpu
+    finish = max(max(gpu_from, starts + share * copy), cpu_done) + gpu_s[n]
+    return share if max(finish - rates[7], cpu_done) < whole_finish else whole_share

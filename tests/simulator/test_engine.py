@@ -9,21 +9,23 @@ from conftest import decode_rows, tiny_meta, write_trace
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
-from expertcache.simulator.schedule import CPU_ONLY, HYBRID, split_misses
+from expertcache.simulator.schedule import CPU_ONLY, HYBRID, RATES, split_misses
 from expertcache.traces.io import read_trace
 
 EXPERT_BYTES = 1_000_000
 
 
 def rates(copy_s: float, cpu_slowdown: float, copy_slowdown: float, launch_s: float = 0.0, cpu_overhead_s: float = 0.0,
-          split_min_gpu_share: float = 0.0, split_launch_s: float | None = None) -> np.ndarray:  # fmt: skip
+          split_min_gpu_share: float = 0.0, split_launch_s: float | None = None, dense_overlap_s: float = 0.0) -> np.ndarray:  # fmt: skip
     """``split_misses``' rates array, in ``schedule.RATES`` order; no splits unless asked; a split's
     launch costs one GPU launch unless given."""
     split_launch_s = launch_s if split_launch_s is None else split_launch_s
-    return np.array([copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, split_min_gpu_share, split_launch_s])
+    values = [copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, split_min_gpu_share, split_launch_s, dense_overlap_s]
+    assert len(values) == len(RATES)
+    return np.array(values)
 
 
-def profile(copy_ms: float, split_min_gpu_share: float = 0.0) -> Profile:
+def profile(copy_ms: float, split_min_gpu_share: float = 0.0, dense_overlap_ms: float = 0.0) -> Profile:
     """Round numbers: dense 1 ms, GPU expert 0.1 ms, CPU expert 10 ms, no overhead; whole experts only."""
     return Profile(
         name="hand",
@@ -34,6 +36,7 @@ def profile(copy_ms: float, split_min_gpu_share: float = 0.0) -> Profile:
         dense_ms={1: 1.0},
         layer_overhead_ms=0.0,
         split_min_gpu_share=split_min_gpu_share,
+        dense_overlap_ms=dense_overlap_ms,
     )
 
 
@@ -78,6 +81,19 @@ def test_a_miss_runs_on_the_gpu_when_its_copy_finishes_before_the_cpu_would(thre
     # token 0: dense 1, copy 5, GPU 0.1 = 6.1 ms instead of 11 on the CPU
     assert result.cpu_s == 0.0
     assert result.decode_s == pytest.approx((6.1 + 1.1 + 1.1) / 1e3)
+
+
+@pytest.mark.parametrize(("overlap_ms", "token_ms"), [(0.0, 3.2), (0.5, 2.7), (5.0, 2.6)])
+def test_the_host_starts_the_next_layers_dense_work_while_the_gpu_finishes(tmp_path, overlap_ms, token_ms):
+    meta = tiny_meta(num_layers=2, num_experts=2, top_k=1, expert_bytes=EXPERT_BYTES)
+    trace = write_trace(tmp_path / "t.parquet", meta, decode_rows([[[0], [1]], [[1], [0]]]))
+    replay = ReplayInput.from_trace(read_trace(trace))
+    result = simulate(replay, Geometry(1, 1), "lru", profile(copy_ms=0.5, dense_overlap_ms=overlap_ms), threads=4)
+    # every access misses and is copied: dense 1, copy 0.5, GPU 0.1 per layer. Layer 1's dense
+    # starts up to the overlap (at most its own dense time) before layer 0's GPU work ends, but
+    # no sooner than the host is free (at 1 ms); each token starts once the last one has ended.
+    assert result.misses == 4 and result.cpu_s == 0.0
+    assert result.decode_s == pytest.approx(2 * token_ms / 1e3)
 
 
 def test_a_layers_misses_are_split_between_the_cpu_and_copies(tmp_path):
@@ -166,6 +182,16 @@ def test_the_host_queues_gpu_work_before_it_computes_on_the_cpu():
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.3, 0.0, 0.0,
                                   cpu_s, gpu_s, rates(0.5, 1.0, 1.0), on_gpu, copy_end, spent)  # fmt: skip
     assert on_gpu.tolist() == [True, False] and cpu == pytest.approx(1.0)
+
+
+def test_the_gpus_hidden_tail_counts_for_the_gpu_path():
+    cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
+    on_gpu, copy_end, spent = np.zeros(1), np.zeros(1), np.zeros(4)
+    # copy 10.5 + GPU 0.1 ends after the CPU's 10, but the host waits only for 10.6 - 1 of it
+    for overlap_s, expected in ((0.0, 0.0), (1.0, 1.0)):
+        split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                     cpu_s, gpu_s, rates(10.5, 1.0, 1.0, dense_overlap_s=overlap_s), on_gpu, copy_end, spent)  # fmt: skip
+        assert on_gpu[0] == expected
 
 
 def test_a_layer_with_cpu_work_pays_the_cpu_paths_overhead_once():

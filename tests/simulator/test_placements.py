@@ -55,3 +55,7 @@ def test_roofline_takes_the_faster_of_cpu_and_copy_for_each_miss(two_layers):
     # experts that can be split: f * 5 + 0.1 = (1 - f) * 10 at f = 0.66, 3.4 ms per miss
     shared = roofline(two_layers, lru.outcome, profile(copy_ms=5.0, split_min_gpu_share=1 / 3), threads=4)
     assert shared.decode_s == pytest.approx((2 * 4.4 + 4 * 1.1) / 1e3)
+    # GPU work hidden behind the host's next dense work: up to 0.5 ms of each layer's, never below
+    # the dense time
+    hidden = roofline(two_layers, lru.outcome, profile(copy_ms=5.0, dense_overlap_ms=0.5), threads=4)
+    assert hidden.decode_s == pytest.approx((2 * 5.6 + 4 * 1.0) / 1e3)
