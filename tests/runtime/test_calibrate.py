@@ -8,6 +8,7 @@ import pytest
 
 from conftest import run_cli
 from expertcache.simulator.costs import Profile
+from expertcache.simulator.placements import MISS_PATHS
 
 
 def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
@@ -23,6 +24,8 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     assert profile.expert_bytes == (96 * 64 + 64 * 48) * 4
     assert profile.split_min_gpu_share == pytest.approx(64 * 48 / (96 * 64 + 64 * 48))  # down_proj's share: a third
     assert profile.split_launch_ms is not None and profile.split_launch_ms > 0 and "a split expert's host time" in result.stdout
+    # from a run copying one expert per layer: at most the whole dense time hides GPU work
+    assert 0 <= profile.dense_overlap_ms <= profile.dense_ms[1] and "hidden behind the next layer" in result.stdout
     simulated = run_cli("simulate", "--sets", "2", "--ways", "4", "--profile", str(out), "--threads", "2", "--format", "json")
     assert simulated.returncode == 0, simulated.stderr
     assert json.loads(simulated.stdout)["tokens_per_s"] > 0
@@ -59,7 +62,8 @@ def test_calibrate_takes_a_model_that_routes_to_more_than_two_experts(model_dirs
 
 def test_time_outside_experts_is_measured_with_placements_fixed(model_dirs):
     # once with every access a hit, once with every expert on the CPU: never with misses on the
-    # GPU path, whose expert time overlaps the rest (it made "time outside experts" negative)
+    # GPU path, whose expert time overlaps the rest (it made "time outside experts" negative);
+    # that overlap is timed apart, with one miss per layer copied through a staging slot
     from expertcache.runtime.calibrate import calibrate
     from expertcache.runtime.loader import load
     from expertcache.simulator.config import CacheConfig
@@ -77,6 +81,8 @@ def test_time_outside_experts_is_measured_with_placements_fixed(model_dirs):
     assert stats.misses > 0 and stats.hits > 0 and stats.copies > 0
     assert min(profile.dense_ms.values()) > 0 and profile.cpu_path_overhead_ms >= 0 and profile.gpu_launch_ms > 0
     assert model.expertcache.recorder is None and type(model.expertcache.cache).__name__ == "ExpertCache"
+    assert 0 <= profile.dense_overlap_ms <= profile.dense_ms[1]
+    assert model.expertcache._miss_path == MISS_PATHS["cache"]
     # calibration left the cache's slots alone: generation still equals plain transformers'
     model.expertcache.begin_request(1)
     after = model.generate(ids, max_new_tokens=12, do_sample=False)
