@@ -1,0 +1,82 @@
+"""Price a finished bench's systems again, with its own profile changed in one term.
+
+    python benchmarks/reprice_bench.py benchmarks/results/bench-phi-drawn-h100.json --trace phi-drawn.parquet \\
+        --requests 2 --prompt-tokens 16 --new-tokens 24 --set dense_overlap_ms=0,1.5
+
+A bench forces its routing from ``--trace``: each system's run starts that trace afresh and takes
+one trace token per position, prompt and decode alike (``runtime.forced``). This rebuilds the
+routing each system ran from the same trace and the bench's shape, so that with the profile as it
+was it gives the bench's own predictions back (printed side by side as a check), and then prices
+it with the term given, against what the bench measured. A cost model's term is checked against
+runs already made, without a GPU; the runs themselves stay as measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from expertcache.simulator.costs import Profile
+from expertcache.simulator.engine import ReplayInput, simulate
+from expertcache.simulator.geometry import Geometry
+from expertcache.traces.io import Trace, read_trace
+
+
+def forced_routing(trace: Trace, requests: int, prompt_tokens: int, new_tokens: int) -> ReplayInput:
+    """The routing a bench of this shape forced from ``trace``: each request's prompt, then one
+    decode pass per new token but the first (which the prompt's pass yields)."""
+    meta = trace.meta
+    frame = trace.in_execution_order().sort_values(["step", "position", "layer", "rank"], kind="stable")
+    shape = (-1, len(meta.moe_layers), meta.top_k)
+    experts, weights = frame.expert.to_numpy().reshape(shape), frame.weight.to_numpy().reshape(shape)
+    positions = prompt_tokens + new_tokens - 1
+    token = np.arange(requests * positions) % len(experts)  # the trace cycles at its end
+    request, position = np.divmod(np.arange(requests * positions), positions)
+    layer = np.asarray(meta.moe_layers)
+    rows = {
+        "request": np.repeat(request, layer.size * meta.top_k),
+        "position": np.repeat(position, layer.size * meta.top_k),
+        "phase": np.where(np.repeat(position, layer.size * meta.top_k) < prompt_tokens, "prefill", "decode"),
+        "layer": np.tile(np.repeat(layer, meta.top_k), len(token)),
+        "rank": np.tile(np.arange(meta.top_k), len(token) * layer.size),
+        "expert": experts[token].reshape(-1),
+        "weight": weights[token].reshape(-1),
+    }
+    return ReplayInput.from_trace(Trace(meta, pd.DataFrame(rows)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path, help="results JSON of `expertcache bench --out`")
+    parser.add_argument("--trace", type=Path, required=True, help="the trace the bench was given with --trace")
+    parser.add_argument("--requests", type=int, required=True)
+    parser.add_argument("--prompt-tokens", type=int, required=True)
+    parser.add_argument("--new-tokens", type=int, required=True)
+    parser.add_argument("--set", dest="term", required=True, help="NAME=V1,V2,...: a Profile field and the values to price it at")
+    args = parser.parse_args()
+    name, _, values = args.term.partition("=")
+    if name not in {f.name for f in dataclasses.fields(Profile)} or not values:
+        parser.error(f"--set {args.term}: give NAME=V1,V2 with NAME a Profile field")
+    result = json.loads(args.bench.read_text())
+    profile = Profile(**result["profile"])
+    replay = forced_routing(read_trace(args.trace), args.requests, args.prompt_tokens, args.new_tokens)
+    rows = [row for row in result["rows"] if "predicted_tokens_per_s" in row and row["predicted_tokens_per_s"] is not None]
+    print(f"{args.bench.name}: {result['machine']}; measured decode tok/s, the bench's prediction, this one's")
+    for value in (float(v) for v in values.split(",")):
+        priced = dataclasses.replace(profile, **{name: value})
+        print(f"{name} = {value:g}")
+        for row in rows:
+            geometry = Geometry(row["sets"], row["ways"])
+            predicted = simulate(replay, geometry, row["policy"], priced, row["threads"], placement=row["placement"])
+            error = predicted.tokens_per_s / row["decode_tokens_per_s"] - 1
+            print(f"  {row['system']:<12} measured {row['decode_tokens_per_s']:6.2f}  bench {row['predicted_tokens_per_s']:6.2f}"
+                  f"  here {predicted.tokens_per_s:6.2f} ({error:+.1%})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
