@@ -487,8 +487,9 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--rounds", type=int, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run.")
 @click.option("--threads", type=int, help="CPU threads for experts on the CPU. [default: all cores but one]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
-def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path) -> None:
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
+@click.option("--timing-out", "timing_path", type=click.Path(dir_okay=False), help="Write every run's per-layer timing (system, round, and the recording's timing columns: docs/trace-format.md) as Parquet, rewritten after every run.")
+def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path, timing_path) -> None:
     """Run expertcache and the systems users would pick instead side by side, one budget, one run.
 
     Calibrates this machine, lets the simulator choose expertcache's configuration, then runs
@@ -537,7 +538,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     setup = BenchSetup(
         slots=min(plan.slots, plan.all_experts), all_slots=plan_memory(hf_config, whole, max_tokens, dtype).slots, budget_bytes=budget,
         trace_path=Path(trace_path) if trace_path else None, requests=requests, prompt_tokens=prompt_tokens,
-        new_tokens=new_tokens, threads=threads, rounds=rounds,
+        new_tokens=new_tokens, threads=threads, rounds=rounds, timing_path=Path(timing_path) if timing_path else None,
     )  # fmt: skip
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}"
 
@@ -546,7 +547,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
         if out_path:
             from dataclasses import asdict
 
-            document = {"machine": machine, "budget": budget_text, "trace": trace_path, "complete": complete,
+            document = {"machine": machine, "budget": budget_text, "trace": trace_path, "complete": complete, "setup": asdict(setup),
                         "profile": asdict(profile), "chosen": asdict(chosen), "rows": rows}  # fmt: skip
             partial = Path(f"{out_path}.partial")
             partial.write_text(json.dumps(document, indent=1, default=str))

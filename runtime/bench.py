@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from expertcache.errors import ConfigError
@@ -26,7 +27,7 @@ from expertcache.runtime.energy import EnergyMeter
 from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.generate import timed_generate
 from expertcache.runtime.loader import attach
-from expertcache.runtime.record import Recorder
+from expertcache.runtime.record import Recorder, sibling
 from expertcache.runtime.stats import LAYER_KINDS, LayerTimes
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
@@ -61,6 +62,7 @@ class BenchSetup:
     threads: int = 1
     rounds: int = 1  # every system once per round, rounds one after another; each row is its median run
     accelerate_tokens: int = 8  # new tokens of accelerate's one request: at seconds per token, enough to time it
+    timing_path: Path | None = None  # every run's per-layer timing in one Parquet file, rewritten after each run
 
 
 def check_systems(systems: list[str]) -> None:
@@ -167,11 +169,15 @@ def run_bench(
                 configs[system] = chosen if system == "expertcache" else CacheConfig(sets=1, ways=setup.slots, policy="lru")
         # interleaved rounds: a machine whose speed drifts during the bench biases no system
         runs: dict[str, list[dict]] = {system: [] for system in configs}
+        timings: list[pd.DataFrame] = []  # the recordings' timing siblings, for setup.timing_path
         for round_ in range(setup.rounds):
             for system, config in configs.items():
                 say(f"running {system}" + (f", round {round_ + 1} of {setup.rounds}" if setup.rounds > 1 else ""))
                 record_path = workdir / f"{system}-{round_}.parquet"
                 runs[system].append(run_system(model, host, top_k, system, config, setup, profile, record_path))
+                if setup.timing_path:
+                    timings.append(pd.read_parquet(sibling(record_path, "timing")).assign(system=system, round=round_))
+                    pd.concat(timings, ignore_index=True).to_parquet(setup.timing_path, index=False)
                 if save:
                     save(profile, chosen, [_median_run(system_runs) for system_runs in runs.values() if system_runs])
     rows = [_median_run(system_runs) for system_runs in runs.values()]

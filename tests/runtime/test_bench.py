@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 
+import pandas as pd
 import torch
 from transformers import AutoConfig
 
@@ -28,7 +29,8 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
     model_dir = model_dirs("mixtral")  # 3 layers x 8 experts, top-2
     budget = budget_for_slots(model_dir, 9, max_tokens=4 + 3 + 8)
     result = run_cli("bench", "--model", model_dir, "--budget", str(budget), "--device", "cpu", "--requests", "2",
-                     "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--rounds", "2", "--out", str(tmp_path / "b.json"))  # fmt: skip
+                     "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--rounds", "2", "--out", str(tmp_path / "b.json"),
+                     "--timing-out", str(tmp_path / "layers.parquet"))  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "expertcache is" in result.stdout and "(9 slots)" in result.stdout and "median of 2 interleaved rounds" in result.stdout
     document = json.loads((tmp_path / "b.json").read_text())
@@ -59,6 +61,12 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
         assert sum(k["layers"] for k in by_kind.values()) == timed, system
         assert all(k["wall_s"] > k["host_s"] > 0 and k["planned_s"] > 0 for k in by_kind.values())
     assert "| system | hits | gpu | cpu |" in result.stdout and f"| cpu | – | – | {timed}: " in result.stdout
+    # every run's layers, kept apart by system and round; the setup, so the runs can be priced again
+    layers = pd.read_parquet(tmp_path / "layers.parquet")
+    assert set(layers.system) == set(rows) and set(layers["round"]) == {0, 1}
+    decode = layers[(layers.phase == "decode") & layers.wall_s.notna()]
+    assert len(decode) == 2 * timed * len(rows) and set(decode[decode.system == "cpu"].kind) == {"cpu"}
+    assert document["setup"]["new_tokens"] == 3 and document["setup"]["prompt_tokens"] == 4 and document["setup"]["requests"] == 2
 
 
 def test_a_bench_killed_midway_leaves_the_runs_it_finished(model_dirs, tmp_path):
