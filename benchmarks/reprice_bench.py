@@ -3,12 +3,17 @@
     python benchmarks/reprice_bench.py benchmarks/results/bench-phi-drawn-h100.json --trace phi-drawn.parquet \\
         --requests 2 --prompt-tokens 16 --new-tokens 24 --set dense_overlap_ms=0,1.5
 
+(Benches that saved their setup need no ``--requests``, ``--prompt-tokens`` nor ``--new-tokens``.)
+
 A bench forces its routing from ``--trace``: each system's run starts that trace afresh and takes
 one trace token per position, prompt and decode alike (``runtime.forced``). This rebuilds the
 routing each system ran from the same trace and the bench's shape, so that with the profile as it
 was it gives the bench's own predictions back (printed side by side as a check), and then prices
 it with the term given, against what the bench measured. A cost model's term is checked against
-runs already made, without a GPU; the runs themselves stay as measured.
+runs already made, without a GPU; the runs themselves stay as measured. The miss rule reads the
+profile too, so expertcache's row may price a schedule other than the one that ran: its split
+count, as run and as priced, says when. Last, the configuration the sweep would choose at that
+term, on the same routing and slots, and its predicted ratio over each peer as priced here.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import pandas as pd
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.sweep import runnable_candidates
 from expertcache.traces.io import Trace, read_trace
 
 
@@ -54,28 +60,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("bench", type=Path, help="results JSON of `expertcache bench --out`")
     parser.add_argument("--trace", type=Path, required=True, help="the trace the bench was given with --trace")
-    parser.add_argument("--requests", type=int, required=True)
-    parser.add_argument("--prompt-tokens", type=int, required=True)
-    parser.add_argument("--new-tokens", type=int, required=True)
+    shape = "the bench's, for results that name their setup (benches after session 10)"
+    parser.add_argument("--requests", type=int, help=f"[default: {shape}]")
+    parser.add_argument("--prompt-tokens", type=int, help=f"[default: {shape}]")
+    parser.add_argument("--new-tokens", type=int, help=f"[default: {shape}]")
     parser.add_argument("--set", dest="term", required=True, help="NAME=V1,V2,...: a Profile field and the values to price it at")
     args = parser.parse_args()
     name, _, values = args.term.partition("=")
     if name not in {f.name for f in dataclasses.fields(Profile)} or not values:
         parser.error(f"--set {args.term}: give NAME=V1,V2 with NAME a Profile field")
     result = json.loads(args.bench.read_text())
+    setup = result.get("setup", {})
+    requests, prompt_tokens, new_tokens = (getattr(args, key) or setup.get(key) for key in ("requests", "prompt_tokens", "new_tokens"))
+    if not (requests and prompt_tokens and new_tokens):
+        parser.error(f"{args.bench} does not name its setup: give --requests, --prompt-tokens and --new-tokens as the bench had them")
     profile = Profile(**result["profile"])
-    replay = forced_routing(read_trace(args.trace), args.requests, args.prompt_tokens, args.new_tokens)
+    replay = forced_routing(read_trace(args.trace), requests, prompt_tokens, new_tokens)
     rows = [row for row in result["rows"] if "predicted_tokens_per_s" in row and row["predicted_tokens_per_s"] is not None]
     print(f"{args.bench.name}: {result['machine']}; measured decode tok/s, the bench's prediction, this one's")
     for value in (float(v) for v in values.split(",")):
         priced = dataclasses.replace(profile, **{name: value})
         print(f"{name} = {value:g}")
+        peers: dict[str, float] = {}
         for row in rows:
             geometry = Geometry(row["sets"], row["ways"])
             predicted = simulate(replay, geometry, row["policy"], priced, row["threads"], placement=row["placement"])
             error = predicted.tokens_per_s / row["decode_tokens_per_s"] - 1
+            splits = f"  splits: ran {row['measured']['split']}, here {predicted.split}" if row["placement"] == "cache" else ""
             print(f"  {row['system']:<12} measured {row['decode_tokens_per_s']:6.2f}  bench {row['predicted_tokens_per_s']:6.2f}"
-                  f"  here {predicted.tokens_per_s:6.2f} ({error:+.1%})")  # fmt: skip
+                  f"  here {predicted.tokens_per_s:6.2f} ({error:+.1%}){splits}")  # fmt: skip
+            peers[row["system"]] = predicted.tokens_per_s
+        ours = next(row for row in rows if row["placement"] == "cache")
+        swept = runnable_candidates(ours["sets"] * ours["ways"], replay.meta.top_k, [ours["threads"]])
+        speeds = [simulate(replay, Geometry(c.sets, c.ways), c.policy, priced, c.threads).tokens_per_s for c in swept]
+        best = swept[int(np.argmax(speeds))]
+        speed = max(speeds)
+        ratios = ", ".join(f"{speed / tok_s:.2f}x {system}" for system, tok_s in peers.items() if system != "expertcache")
+        print(f"  the sweep's choice here: {best.policy} {best.sets} x {best.ways}, {speed:.2f} tok/s: {ratios}")
 
 
 if __name__ == "__main__":
