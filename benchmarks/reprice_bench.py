@@ -86,7 +86,7 @@ def main() -> None:
             geometry = Geometry(row["sets"], row["ways"])
             predicted = simulate(replay, geometry, row["policy"], priced, row["threads"], placement=row["placement"])
             error = predicted.tokens_per_s / row["decode_tokens_per_s"] - 1
-            splits = f"  splits: ran {row['measured']['split']}, here {predicted.split}" if row["placement"] == "cache" else ""
+            splits = f"  splits: ran {row['measured'].get('split', '?')}, here {predicted.split}" if row["placement"] == "cache" else ""
             print(f"  {row['system']:<12} measured {row['decode_tokens_per_s']:6.2f}  bench {row['predicted_tokens_per_s']:6.2f}"
                   f"  here {predicted.tokens_per_s:6.2f} ({error:+.1%}){splits}")  # fmt: skip
             peers[row["system"]] = predicted.tokens_per_s
