@@ -400,7 +400,8 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="profile.json", show_default=True)
 def calibrate(model_path, shape, layers, device, thread_list, repeats, trust_remote_code, out_path) -> None:
     """Measure this machine's cost profile for a model's expert shape: copy bandwidth, CPU and GPU
-    expert times, time per layer outside experts. `sweep --profile` then predicts for this machine."""
+    expert times, time per layer outside experts, and how much GPU work the host's next layer
+    hides. `sweep --profile` then predicts for this machine."""
     import torch
 
     from expertcache.runtime.calibrate import calibrate as measure
