@@ -70,6 +70,8 @@ def main() -> None:
     if name not in {f.name for f in dataclasses.fields(Profile)} or not values:
         parser.error(f"--set {args.term}: give NAME=V1,V2 with NAME a Profile field")
     result = json.loads(args.bench.read_text())
+    if not result.get("trace"):
+        parser.error(f"{args.bench} ran its model's own routers: there is no forced routing to rebuild")
     setup = result.get("setup", {})
     requests, prompt_tokens, new_tokens = (getattr(args, key) or setup.get(key) for key in ("requests", "prompt_tokens", "new_tokens"))
     if not (requests and prompt_tokens and new_tokens):
