@@ -94,6 +94,16 @@ def test_every_miss_on_the_gpu_path_keeps_the_output(model_dirs):
     assert runtime.stats.staged > 0
 
 
+def test_gpu_work_hidden_behind_the_next_layer_sends_misses_to_the_gpu_at_run_time(model_dirs):
+    # SPLIT with 50 ms of each layer's GPU work hidden: the GPU path always looks sooner than the
+    # CPU's 12 ms, and a whole copy sooner than a split
+    model_dir = model_dirs("mixtral")
+    hidden = replace(SPLIT, dense_overlap_ms=50.0)
+    out, runtime = cached_generate(model_dir, CacheConfig(sets=3, ways=2, policy="eta"), profile=hidden)
+    assert torch.equal(out, reference(model_dir)[1])
+    assert runtime.stats.fetched > 0 and runtime.stats.split == 0 and runtime.stats.layer_cpu_s.sum() == 0
+
+
 def test_statistics_count_every_access(model_dirs):
     model_dir = model_dirs("olmoe")
     ids, _ = reference(model_dir)
