@@ -141,7 +141,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         runtime.pool.fill(scratch, next(rows))
         launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x[row], scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
     split_launch_ms = None
-    if scratch is not None and least_gpu_share(module, layout) > 0:
+    least_share = least_gpu_share(module, layout)
+    if scratch is not None and least_share > 0:
         say("host time of a split expert")
         split_launch_ms = _split_launch_ms(runtime, module, torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device), scratch, repeats)
 
@@ -159,7 +160,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         copy_slowdown_during_cpu=copy_slowdown,
         gpu_launch_ms=launch_ms,
         cpu_path_overhead_ms=cpu_overhead_ms,
-        split_min_gpu_share=least_gpu_share(module, layout),
+        split_min_gpu_share=least_share,
         split_launch_ms=split_launch_ms,
         dense_overlap_ms=dense_overlap_ms,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
@@ -282,18 +283,14 @@ class _EveryAccessHits:
         return np.ones(len(slot), dtype=np.bool_), slot, np.full(len(slot), -1, dtype=np.int64)
 
 
-class _OneFetchPerLayer:
-    """Stands in for the cache while calibrating: a layer's first access misses (the miss is not
-    kept, so it goes through a staging slot) and the others hit in slot ``expert % slots``."""
-
-    def __init__(self, slots: int) -> None:
-        self.slots = slots
+class _OneFetchPerLayer(_EveryAccessHits):
+    """As ``_EveryAccessHits``, but a layer's first access misses, and is not kept: it goes
+    through a staging slot."""
 
     def access_many(self, layers, experts, weights, step: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        slot = np.asarray(experts, dtype=np.int64) % self.slots
-        hit = np.ones(len(slot), dtype=np.bool_)
+        hit, slot, evicted = super().access_many(layers, experts, weights, step)
         hit[0], slot[0] = False, -1
-        return hit, slot, np.full(len(slot), -1, dtype=np.int64)
+        return hit, slot, evicted
 
 
 def _time_outside_experts(model, runtime, launch_ms: float, copy_ms: float) -> tuple[dict[int, float], float, float]:
