@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from expertcache.runtime.forced import TraceRouting
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
@@ -37,11 +38,10 @@ def forced_routing(trace: Trace, requests: int, prompt_tokens: int, new_tokens: 
     """The routing a bench of this shape forced from ``trace``: each request's prompt, then one
     decode pass per new token but the first (which the prompt's pass yields)."""
     meta = trace.meta
-    frame = trace.in_execution_order().sort_values(["step", "position", "layer", "rank"], kind="stable")
-    shape = (-1, len(meta.moe_layers), meta.top_k)
-    experts, weights = frame.expert.to_numpy().reshape(shape), frame.weight.to_numpy().reshape(shape)
+    forced = TraceRouting(trace, meta.moe_layers, meta.num_experts, meta.top_k)  # the bench's own reading of the trace
+    experts, weights = forced.experts, forced.weights
     positions = prompt_tokens + new_tokens - 1
-    token = np.arange(requests * positions) % len(experts)  # the trace cycles at its end
+    token = np.arange(requests * positions) % forced.tokens  # the trace cycles at its end
     request, position = np.divmod(np.arange(requests * positions), positions)
     layer = np.asarray(meta.moe_layers)
     rows = {
