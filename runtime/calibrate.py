@@ -22,7 +22,7 @@ from expertcache.runtime.experts import expert_ffn
 from expertcache.runtime.split import least_gpu_share
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.placements import AllOnCpu
-from expertcache.simulator.schedule import GPU_ONLY
+from expertcache.simulator.schedule import CPU_ONLY, GPU_ONLY
 
 TOKEN_COUNTS = (1, 8, 64)
 GPU_TOKEN_COUNTS = (1, 8, 64, 512)
@@ -55,6 +55,20 @@ LAUNCH_SAMPLES = 32
 """Host queueings of one GPU expert timed, at least (their median kept): the time outside experts
 is a layer's wall time less one of these per expert, so one slow sample, times every expert of a
 prefill layer, could make it look negative. Splits are timed as many times."""
+
+OUTSIDE_ROUNDS = 7
+"""Rounds of decode passes timed under each fixed placement (all hits, all on the CPU, one copied
+miss per layer), the placements taking turns, after one untimed round. What calibration keeps
+of them are differences of tenths of a millisecond per layer between passes that a shared host
+slows by up to 2x from one minute to the next: measured twice each, one placement after the
+other, the CPU path's cost came out at 0.25-1.39 ms per Mixtral layer and an all-hit layer's at
+1.78-2.94 ms in calibrations on lent H100 hosts whose benches' all-hit layers took 2.2-2.6 ms."""
+
+PROMPT_TOKENS = 16
+"""Tokens in the key-value cache before the timed decode passes, as in a bench's prompts."""
+
+PREFILL_TOKENS = 64
+"""Tokens of the prefill pass whose time outside experts is the profile's second point."""
 
 COPY_SAMPLES = 16
 """Host-to-device copies timed, at least (their median kept). The one-copy-per-layer run prices
@@ -296,40 +310,53 @@ class _OneFetchPerLayer(_EveryAccessHits):
 def _time_outside_experts(model, runtime, launch_ms: float, copy_ms: float) -> tuple[dict[int, float], float, float]:
     """Per layer and token count, the time outside expert work when every expert is resident
     (wall time less queueing the experts); what a layer pays on top for computing experts on
-    the CPU at all (its input to the host, the outputs back), from an all-CPU run's wall time
+    the CPU at all (its input to the host, the outputs back), from an all-CPU pass's wall time
     less its CPU expert time; and how much of a copy the host's next dense work hides, from a
-    run where each layer copies one expert in and computes it on the GPU, against the resident
-    run plus that copy."""
+    pass where each layer copies one expert in and computes it on the GPU, against the resident
+    pass plus that copy. The one-token figures are decode's: passes over a prompt's cache, the
+    placements taking turns (``OUTSIDE_ROUNDS``), each figure a median of per-round differences."""
+    runtime.end_pass()  # a pass left open by the caller counts in the caller's stats, not calibration's
     vocab = model.config.get_text_config().vocab_size
-    resident: dict[int, float] = {}
-    for tokens in (1, 64):
-        ids = torch.randint(0, vocab, (1, tokens), device=runtime.device)
-        accesses = tokens * runtime.top_k
-        with runtime.decided_by(_EveryAccessHits(runtime.pool.buffer.shape[0])):
-            resident[tokens] = _per_layer_ms(model, runtime, ids) - min(accesses, runtime.num_experts) * launch_ms
-    one_token = torch.randint(0, vocab, (1, 1), device=runtime.device)  # the overheads are per layer, not per row
-    with runtime.decided_by(AllOnCpu()):
-        on_cpu = _per_layer_ms(model, runtime, one_token)
-    cpu_overhead = float(max(0.0, on_cpu - resident[1]))
-    hidden = 0.0
+    device = runtime.device
+    all_hits = _EveryAccessHits(runtime.pool.buffer.shape[0])
+    ids = torch.randint(0, vocab, (1, PREFILL_TOKENS), device=device)
+    with runtime.decided_by(all_hits):
+        prefill = [_pass_ms(model, runtime, ids) for _ in range(3)]
+    accesses = min(PREFILL_TOKENS * runtime.top_k, runtime.num_experts)
+    resident = {PREFILL_TOKENS: statistics.median(prefill[1:]) - accesses * launch_ms}
+    placements = [(all_hits, CPU_ONLY), (AllOnCpu(), CPU_ONLY)]
     if runtime.scratch_slot is not None:  # misses can be staged: the runtime copies some to the GPU
-        with runtime.decided_by(_OneFetchPerLayer(runtime.config.slots), miss_path=GPU_ONLY):
-            fetching = _per_layer_ms(model, runtime, one_token)
-        # both runs queue top_k experts; the fetching one also waits for a copy, less what is hidden
-        hidden = min(max(resident[1] + runtime.top_k * launch_ms + copy_ms - fetching, 0.0), resident[1])
-    return {tokens: max(ms, 0.0) for tokens, ms in resident.items()}, cpu_overhead, float(hidden)
-
-
-def _per_layer_ms(model, runtime, ids: torch.Tensor) -> float:
-    """Median wall time per MoE layer of a forward pass, less its CPU expert time."""
-    samples = []
-    for _ in range(3):
-        before = runtime.stats.layer_cpu_s.sum()
+        placements.append((_OneFetchPerLayer(runtime.config.slots), GPU_ONLY))
+    with runtime.decided_by(all_hits), torch.inference_mode():
         runtime.begin_request(0)
-        started = time.perf_counter()
-        with torch.inference_mode():
-            model(ids)
+        cache = model(torch.randint(0, vocab, (1, PROMPT_TOKENS), device=device), use_cache=True).past_key_values
         runtime.end_pass()
-        wall = time.perf_counter() - started
-        samples.append((wall - (runtime.stats.layer_cpu_s.sum() - before)) / len(runtime.moe_layers))
-    return 1e3 * statistics.median(samples[1:])
+    rounds = []
+    for round_ in range(OUTSIDE_ROUNDS + 1):  # the first one untimed
+        samples = []
+        for decider, miss_path in placements:
+            with runtime.decided_by(decider, miss_path):
+                samples.append(_pass_ms(model, runtime, torch.randint(0, vocab, (1, 1), device=device), cache))
+        if round_:
+            rounds.append(samples)
+    launches = runtime.top_k * launch_ms  # the resident and the fetching pass each queue top_k experts
+    resident[1] = statistics.median(sample[0] for sample in rounds) - launches
+    cpu_overhead = max(0.0, statistics.median(on_cpu - hits for hits, on_cpu, *_ in rounds) + launches)
+    hidden = 0.0
+    if len(placements) == 3:  # the fetching pass also waits for a copy, less what the dense work hides
+        hidden = min(max(statistics.median(hits + copy_ms - fetching for hits, _, fetching in rounds), 0.0), resident[1])
+    return {tokens: max(ms, 0.0) for tokens, ms in sorted(resident.items())}, cpu_overhead, float(hidden)
+
+
+def _pass_ms(model, runtime, ids: torch.Tensor, cache=None) -> float:
+    """Wall time per MoE layer of one forward pass of ``ids``, less its CPU expert time: a new
+    request's prefill, or with ``cache`` (a prompt's key-value cache) the next decode step."""
+    before = runtime.stats.layer_cpu_s.sum()
+    if cache is None:
+        runtime.begin_request(0)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        model(ids, past_key_values=cache, use_cache=cache is not None)
+    runtime.end_pass()
+    wall = time.perf_counter() - started
+    return 1e3 * (wall - (runtime.stats.layer_cpu_s.sum() - before)) / len(runtime.moe_layers)

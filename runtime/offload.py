@@ -140,14 +140,15 @@ class CachedExperts:
     @contextmanager
     def decided_by(self, decider, miss_path: int = CPU_ONLY) -> Iterator[None]:
         """Let ``decider`` (an ``access_many`` face) decide every access, misses where ``miss_path``
-        says (``schedule.CPU_ONLY``, ``GPU_ONLY``), and record nothing, for a while: calibration
-        times the layers around fixed placements."""
-        saved = self.cache, self._miss_path, self.recorder
-        self.cache, self._miss_path, self.recorder = decider, miss_path, None
+        says (``schedule.CPU_ONLY``, ``GPU_ONLY``), for a while: calibration times the layers
+        around fixed placements. Nothing is recorded, and the passes count in ``stats`` only
+        while it lasts."""
+        saved = self.cache, self._miss_path, self.recorder, self.stats
+        self.cache, self._miss_path, self.recorder, self.stats = decider, miss_path, None, RuntimeStats(self.stats.num_layers)
         try:
             yield
         finally:
-            self.cache, self._miss_path, self.recorder = saved
+            self.cache, self._miss_path, self.recorder, self.stats = saved
 
     # -- passes and requests ---------------------------------------------------------------
     def begin_request(self, request: int) -> None:
