@@ -83,6 +83,7 @@ def test_time_outside_experts_is_measured_with_placements_fixed(model_dirs):
     assert model.expertcache.stats is stats and stats.summary() == counted  # calibration's passes are not the run's
     assert stats.misses > 0 and stats.hits > 0 and stats.copies > 0 and stats.decode_tokens == 5
     assert min(profile.dense_ms.values()) > 0 and profile.cpu_path_overhead_ms >= 0 and profile.gpu_launch_ms > 0
+    assert profile.dense_ms[64] >= profile.dense_ms[1]
     assert model.expertcache.recorder is None and type(model.expertcache.cache).__name__ == "ExpertCache"
     assert 0 <= profile.dense_overlap_ms <= profile.dense_ms[1]
     assert model.expertcache._miss_path == MISS_PATHS["cache"]
