@@ -18,7 +18,7 @@ from expertcache.errors import ConfigError
 from expertcache.jsonfile import read_json_object
 
 BUILTIN_PROFILES = {
-    "h100": "the lent H100 80 GB machine: PCIe 5.0, 16-core Xeon with AMX (DESIGN.md's table)",
+    "h100": "the lent H100 80 GB machine: PCIe 5.0, 16-core Xeon with AMX (medians of its calibrations, Mixtral shape)",
     "desktop-4090": "the seed paper's desktop: RTX 4090 on PCIe 4.0, 24 CPU cores",
 }
 
