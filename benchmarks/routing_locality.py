@@ -7,7 +7,8 @@ No real routing of those models exists here. This fits the synthetic generator's
 layer's expert popularity is) to the reuse of the real Mixtral-8x7B traces (consecutive-token
 reuse, and reuse within the last 2 and 4 tokens), draws routing of that character for each shape,
 and prices expertcache's best configuration and the peers on it with the profile each shape's
-latest bench calibrated on the lent H100. Simulator only; no GPU.
+latest bench calibrated on the lent H100, and the chosen geometry again with Belady's replacement
+(which knows the future): what no replacement policy can beat. Simulator only; no GPU.
 
     python benchmarks/routing_locality.py --traces ../shared/traces/mixtral-gsm8k.parquet ../shared/traces/mixtral-humaneval.parquet \\
         --bench phi-3.5-moe:24GiB:benchmarks/results/bench-phi-h100-run7.json \\
@@ -74,6 +75,7 @@ def price(shape: str, budget: str, bench: Path, stickiness: float, skew: float, 
     chosen = best_config(rank(run_sweep([path], runnable_candidates(slots, top_k, [threads]), profile, executor="serial")), None)
     replay = ReplayInput.from_trace(read_trace(path))
     ours = simulate(replay, chosen.geometry, chosen.policy, profile, threads)
+    oracle = simulate(replay, chosen.geometry, "belady", profile, threads)  # no replacement policy does better
     peers = {placement: simulate(replay, CacheConfig(sets=1, ways=slots).geometry, "lru", profile, threads, placement=placement)
              for placement in ("fetch", "static", "cpu")}  # fmt: skip
     rows = {row["system"]: row for row in result["rows"] if "hit_rate" in row}
@@ -81,6 +83,7 @@ def price(shape: str, budget: str, bench: Path, stickiness: float, skew: float, 
         "shape": shape, "budget": budget, "slots": slots, "chosen": f"{chosen.policy} {chosen.sets} × {chosen.ways}",
         "hit_rate": ours.hit_rate, "bench_hit_rate": rows["expertcache"]["hit_rate"],
         "ratios": {p: ours.tokens_per_s / r.tokens_per_s for p, r in peers.items()},
+        "oracle_hit_rate": oracle.hit_rate, "oracle_over_fetch": oracle.tokens_per_s / peers["fetch"].tokens_per_s,
         "bench": {key: {p: rows["expertcache"][key] / rows[p][key] for p in peers} for key in ("predicted_tokens_per_s", "decode_tokens_per_s")},
     }  # fmt: skip
 
@@ -97,8 +100,9 @@ def main() -> None:
     print(f"real reuse (consecutive, last 2, last 4 tokens): {np.round(target, 3).tolist()}; "
           f"fitted stickiness {stickiness}, skew {skew}: {np.round(reached, 3).tolist()}\n")  # fmt: skip
     print("expertcache over each peer, predicted on the drawn routing (on the bench's own routing: predicted / measured)\n")
-    print("| shape | budget (slots) | expertcache's choice | hit rate: drawn / bench | over fetch | over static | over all-CPU |")
-    print("|---|---|---|---|---|---|---|")
+    print("| shape | budget (slots) | expertcache's choice | hit rate: drawn / bench | over fetch | over static | over all-CPU "
+          "| its geometry with Belady's replacement: hit rate, over fetch |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for spec in args.bench:
             shape, budget, bench = spec.split(":", 2)
@@ -106,7 +110,9 @@ def main() -> None:
             bench_ratios = row["bench"]
             cells = [f"{row['ratios'][p]:.2f}× ({bench_ratios['predicted_tokens_per_s'][p]:.2f}× / {bench_ratios['decode_tokens_per_s'][p]:.2f}×)"
                      for p in ("fetch", "static", "cpu")]  # fmt: skip
-            print(f"| {shape} | {budget} ({row['slots']}) | {row['chosen']} | {row['hit_rate']:.0%} / {row['bench_hit_rate']:.0%} | " + " | ".join(cells) + " |")
+            oracle = f"{row['oracle_hit_rate']:.0%}, {row['oracle_over_fetch']:.2f}×"
+            print(f"| {shape} | {budget} ({row['slots']}) | {row['chosen']} | {row['hit_rate']:.0%} / {row['bench_hit_rate']:.0%} | "
+                  + " | ".join(cells) + f" | {oracle} |")  # fmt: skip
 
 
 if __name__ == "__main__":
