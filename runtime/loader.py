@@ -224,7 +224,7 @@ def _move_experts_to_host(module: torch.nn.Module, pin: bool) -> torch.Tensor:
     """One flat row per expert (one copy per fetch), replacing the module's own parameters."""
     layout = ExpertLayout.of(module)
     rows = host_rows(module.num_experts, layout.numel, layout.dtype, pin)
-    for name, shape, offset in zip(layout.names, layout.shapes, layout.offsets):
+    for name, offset in zip(layout.names, layout.offsets):
         param = getattr(module, name)
         width = param[0].numel()
         rows[:, offset : offset + width].copy_(param.detach().reshape(module.num_experts, width))
