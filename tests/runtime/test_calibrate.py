@@ -26,6 +26,7 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     assert profile.split_launch_ms is not None and profile.split_launch_ms > 0 and "a split expert's host time" in result.stdout
     # from a run copying one expert per layer: at most the whole dense time hides GPU work
     assert 0 <= profile.dense_overlap_ms <= profile.dense_ms[1] and "hidden behind the next layer" in result.stdout
+    assert f"computing on the CPU pays {profile.cpu_path_overhead_ms:.3f} ms more" in result.stdout
     simulated = run_cli("simulate", "--sets", "2", "--ways", "4", "--profile", str(out), "--threads", "2", "--format", "json")
     assert simulated.returncode == 0, simulated.stderr
     assert json.loads(simulated.stdout)["tokens_per_s"] > 0
