@@ -58,20 +58,20 @@ def routed_experts(runtime, trace_path: str) -> Iterator[torch.Tensor]:
     return itertools.cycle(order)
 
 
-def timed_ms(run, rows: Iterator[torch.Tensor], experts: int, burst: int, gap_s: float) -> float:
-    """Mean milliseconds of one CPU expert over ``experts`` of them, ``burst`` back to back, then
-    the host busy for ``gap_s`` (as it is launching and waiting for the GPU between layers)."""
+def timed_ms(run, rows: Iterator[torch.Tensor], experts: int, burst: int, gap_s: float) -> list[float]:
+    """Milliseconds of each of ``experts`` CPU experts, ``burst`` back to back, then the host busy
+    for ``gap_s`` (as it is launching and waiting for the GPU between layers)."""
     times = []
     while len(times) < experts:
         for _ in range(burst):
             row = next(rows)
             started = time.perf_counter()
             run(row)
-            times.append(time.perf_counter() - started)
+            times.append(1e3 * (time.perf_counter() - started))
         until = time.perf_counter() + gap_s
         while time.perf_counter() < until:
             pass
-    return 1e3 * statistics.fmean(times)
+    return times
 
 
 def main() -> None:
@@ -99,26 +99,19 @@ def main() -> None:
     variants = [(order, burst, gap) for order in orders for burst in BURSTS for gap in gaps]
     for _ in range(args.experts):  # warm-up
         run(next(orders["every expert in turn"]))
-    samples: dict[tuple, list[float]] = {variant: [] for variant in variants}
+    samples: dict[tuple, list[list[float]]] = {variant: [] for variant in variants}
     for round_ in range(args.rounds):
         for index in np.random.default_rng(round_).permutation(len(variants)):
             order, burst, gap = variants[index]
             samples[variants[index]].append(timed_ms(run, orders[order], args.experts, burst, gap))
-    rows = [
-        {
-            "order": order,
-            "burst": burst,
-            "gap_ms": 1e3 * gap,
-            "mean_ms": statistics.fmean(v),
-            "median_ms": statistics.median(v),
-            "rounds": v,
-        }
-        for (order, burst, gap), v in samples.items()
-    ]
-    for row in rows:
-        print(
-            f"{row['order']:<22} burst {row['burst']}  gap {row['gap_ms']:4.1f} ms: {row['median_ms']:6.2f} ms per expert (median of rounds)"
-        )
+    rows = []
+    for (order, burst, gap), rounds in samples.items():
+        every = [ms for times in rounds for ms in times]  # decode pays the mean; the median shows the usual speed
+        means = [statistics.fmean(times) for times in rounds]
+        rows.append({"order": order, "burst": burst, "gap_ms": 1e3 * gap, "mean_ms": statistics.fmean(every),
+                     "median_ms": statistics.median(every), "round_means_ms": means, "samples_ms": every})  # fmt: skip
+        print(f"{order:<22} burst {burst}  gap {1e3 * gap:4.1f} ms: mean {rows[-1]['mean_ms']:6.2f}, median {rows[-1]['median_ms']:6.2f} "
+              f"ms per expert; round means {min(means):.2f}-{max(means):.2f}")  # fmt: skip
     machine = torch.cuda.get_device_name() if device.type == "cuda" else "CPU only"
     with open(args.out, "w") as f:
         json.dump({"machine": machine, "shape": args.shape, "threads": args.threads, "rows": rows}, f, indent=1)
