@@ -50,7 +50,7 @@ def against_profile(timing: pd.DataFrame, profile: Profile, threads: int) -> pd.
     top_k = int((decode.hits + decode.misses).median())
     hits, on_cpu = decode[decode.kind == "hits"], decode[decode.kind == "cpu"]
     dense = 1e3 * hits.wall_s.mean() - top_k * profile.gpu_launch_ms
-    nearest = min(profile.thread_counts, key=lambda count: abs(count - threads))
+    nearest = profile.nearest_thread_count(threads)  # the row the runtime priced with
     rows = {
         "dense ms per layer": (profile.dense_ms[1], dense, len(hits)),
         f"CPU expert ms, one token, {nearest} threads": (

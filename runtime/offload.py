@@ -113,7 +113,7 @@ class CachedExperts:
                     self.pool.fill(first + expert, host[layer][expert])
         self.stats = RuntimeStats(num_layers)
         self.threads = threads
-        self._cpu_s = profile.cpu_table_s(_nearest(profile.thread_counts, threads), layout.nbytes, PRICED_TOKENS)
+        self._cpu_s = profile.cpu_table_s(profile.nearest_thread_count(threads), layout.nbytes, PRICED_TOKENS)
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._dense_s = profile.dense_table_s(PRICED_TOKENS)
         self._rates = rates_of(profile, layout.nbytes)
@@ -458,10 +458,6 @@ class LayerPlan:
         if self.fetched and self.on_cpu:
             return "hybrid"
         return "cpu" if self.on_cpu else "gpu" if self.fetched else "hits"
-
-
-def _nearest(choices: list[int], value: int) -> int:
-    return min(choices, key=lambda c: (abs(c - value), -c))
 
 
 def expertcache_experts_forward(

@@ -64,6 +64,10 @@ class Profile:
     def thread_counts(self) -> list[int]:
         return sorted(self.cpu_expert_ms)
 
+    def nearest_thread_count(self, threads: int) -> int:
+        """The measured thread count that prices CPU experts run with ``threads`` (the larger on a tie)."""
+        return min(self.thread_counts, key=lambda count: (abs(count - threads), -count))
+
     def copy_s(self, expert_bytes: int) -> float:
         """Seconds to copy one expert host→device over the pinned path."""
         return expert_bytes / (self.h2d_gbps * 1e9)
