@@ -34,6 +34,14 @@ from expertcache.simulator.sweep import runnable_candidates
 from expertcache.traces.io import Trace, read_trace
 
 
+def priced_at(profile: Profile, name: str, value: float) -> Profile:
+    """``profile`` with one term at ``value``. The dense time is a table by token count: ``value``
+    replaces its one-token point, the one decode pays, which calibration reads with most spread."""
+    if name == "dense_ms":
+        return dataclasses.replace(profile, dense_ms=profile.dense_ms | {1: value})
+    return dataclasses.replace(profile, **{name: value})
+
+
 def forced_routing(trace: Trace, requests: int, prompt_tokens: int, new_tokens: int) -> ReplayInput:
     """The routing a bench of this shape forced from ``trace``: each request's prompt, then one
     decode pass per new token but the first (which the prompt's pass yields)."""
@@ -64,7 +72,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help=f"[default: {shape}]")
     parser.add_argument("--prompt-tokens", type=int, help=f"[default: {shape}]")
     parser.add_argument("--new-tokens", type=int, help=f"[default: {shape}]")
-    parser.add_argument("--set", dest="term", required=True, help="NAME=V1,V2,...: a Profile field and the values to price it at")
+    parser.add_argument("--set", dest="term", required=True,
+                        help="NAME=V1,V2,...: a Profile field and the values to price it at (dense_ms: its decode, one-token point)")  # fmt: skip
     args = parser.parse_args()
     name, _, values = args.term.partition("=")
     if name not in {f.name for f in dataclasses.fields(Profile)} or not values:
@@ -81,7 +90,7 @@ def main() -> None:
     rows = [row for row in result["rows"] if "predicted_tokens_per_s" in row and row["predicted_tokens_per_s"] is not None]
     print(f"{args.bench.name}: {result['machine']}; measured decode tok/s, the bench's prediction, this one's")
     for value in (float(v) for v in values.split(",")):
-        priced = dataclasses.replace(profile, **{name: value})
+        priced = priced_at(profile, name, value)
         print(f"{name} = {value:g}")
         peers: dict[str, float] = {}
         for row in rows:
