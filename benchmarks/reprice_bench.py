@@ -9,8 +9,9 @@ A bench forces its routing from ``--trace``: each system's run starts that trace
 one trace token per position, prompt and decode alike (``runtime.forced``). This rebuilds the
 routing each system ran from the same trace and the bench's shape, so that with the profile as it
 was it gives the bench's own predictions back (printed side by side as a check), and then prices
-it with the term given, against what the bench measured. A cost model's term is checked against
-runs already made, without a GPU; the runs themselves stay as measured. The miss rule reads the
+it with the term given, against what the bench measured, with each run's roofline at that term (a
+term calibrated wrong moves the roofline too). A cost model's term is checked against runs already
+made, without a GPU; the runs themselves stay as measured. The miss rule reads the
 profile too, so expertcache's row may price a schedule other than the one that ran: its split
 count, as run and as priced, says when. Last, the configuration the sweep would choose at that
 term, on the same routing and slots, and its predicted ratio over each peer as priced here.
@@ -30,6 +31,7 @@ from expertcache.runtime.forced import TraceRouting
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
+from expertcache.simulator.roofline import roofline
 from expertcache.simulator.sweep import runnable_candidates
 from expertcache.traces.io import Trace, read_trace
 
@@ -95,9 +97,11 @@ def main() -> None:
         peers: dict[str, float] = {}
         for row in rows:
             geometry = Geometry(row["sets"], row["ways"])
-            predicted = simulate(replay, geometry, row["policy"], priced, row["threads"], placement=row["placement"])
+            predicted = simulate(replay, geometry, row["policy"], priced, row["threads"], placement=row["placement"], keep_outcome=True)
             error = predicted.tokens_per_s / row["decode_tokens_per_s"] - 1
+            bound = roofline(replay, predicted.outcome, priced, row["threads"]).tokens_per_s
             splits = f"  splits: ran {row['measured'].get('split', '?')}, here {predicted.split}" if row["placement"] == "cache" else ""
+            splits = f"  roofline {bound:.2f} ({row['decode_tokens_per_s'] / bound:.0%} of it){splits}"
             print(f"  {row['system']:<12} measured {row['decode_tokens_per_s']:6.2f}  bench {row['predicted_tokens_per_s']:6.2f}"
                   f"  here {predicted.tokens_per_s:6.2f} ({error:+.1%}){splits}")  # fmt: skip
             peers[row["system"]] = predicted.tokens_per_s
