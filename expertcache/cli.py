@@ -362,9 +362,12 @@ def analyze(trace_paths, out_dir, sweep_path, config_path, timing_path, points) 
     click.echo(f"report   {report}")
 
 
-def _model_and_experts(model_path, shape, layers, device, threads=None, trust_remote_code=False):
+def _model_and_experts(model_path, shape, layers, device, threads=None, trust_remote_code=False, gpu_budget=None, max_tokens=4096):
     """(model with its dense part on ``device``, host expert rows per layer, top_k), from a model
-    directory or a full-size ``shape`` with synthesized weights, ready for ``loader.attach``."""
+    directory or a full-size ``shape`` with synthesized weights, ready for ``loader.attach``. A
+    model directory is loaded as ``run`` loads it: refused before any weight moves when
+    ``gpu_budget`` (bytes; default: free GPU memory) cannot hold its dense part, ``max_tokens`` of
+    key-value cache and top_k slots."""
     import torch
 
     from expertcache.errors import ConfigError
@@ -372,6 +375,8 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
     if (model_path is None) == (shape is None):
         raise ConfigError("give exactly one of --model and --synthetic")
     if shape:
+        if gpu_budget is not None:
+            raise ConfigError("--gpu-budget applies to --model; --synthetic builds only --layers layers of its shape")
         from expertcache.runtime.synthetic import build_full_size
 
         return build_full_size(shape, layers, device=str(device))
@@ -383,7 +388,8 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
     hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
     top_k = plan_memory(hf_config, 2**62, 1, model_dtype(hf_config, "auto"), trust_remote_code).top_k
     smallest = CacheConfig(sets=1, ways=top_k, policy="lru")  # the caller attaches its own
-    model = load(model_path, config=smallest, device=torch.device(device), threads=threads, trust_remote_code=trust_remote_code)
+    model = load(model_path, config=smallest, device=torch.device(device), gpu_budget=gpu_budget, max_tokens=max_tokens, threads=threads,
+                 trust_remote_code=trust_remote_code)  # fmt: skip
     host = model.expertcache.host
     del model.expertcache
     return model, host, top_k
@@ -394,22 +400,27 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 @click.option("--synthetic", "shape", type=click.Choice(FULL_SHAPES), help="Calibrate for a full-size architecture with synthesized weights instead (GPU).")
 @click.option("--layers", type=int, default=2, show_default=True, help="Layers of the --synthetic model to build (timings are per layer).")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
+@click.option("--gpu-budget", help="GPU memory calibrating --model may use: dense weights, a short KV cache, top_k slots, e.g. 24GiB. [default: free GPU memory]")
 @click.option("--threads", "thread_list", help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
 @click.option("--repeats", type=int, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s.")
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="profile.json", show_default=True)
-def calibrate(model_path, shape, layers, device, thread_list, repeats, trust_remote_code, out_path) -> None:
+def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeats, trust_remote_code, out_path) -> None:
     """Measure this machine's cost profile for a model's expert shape: copy bandwidth, CPU and GPU
     expert times, time per layer outside experts, and how much GPU work the host's next layer
     hides. `sweep --profile` then predicts for this machine."""
     import torch
 
+    from expertcache.runtime.calibrate import LONGEST_SEQUENCE
     from expertcache.runtime.calibrate import calibrate as measure
     from expertcache.runtime.loader import attach
     from expertcache.simulator.config import CacheConfig
+    from expertcache.units import parse_bytes
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, host, top_k = _model_and_experts(model_path, shape, layers, device, trust_remote_code=trust_remote_code)
+    budget = parse_bytes(gpu_budget) if gpu_budget else None
+    model, host, top_k = _model_and_experts(model_path, shape, layers, device, trust_remote_code=trust_remote_code, gpu_budget=budget,
+                                            max_tokens=LONGEST_SEQUENCE)  # fmt: skip
     config = CacheConfig(sets=1, ways=top_k, policy="lru")
     model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k)
     threads = [int(t) for t in thread_list.split(",")] if thread_list else None

@@ -70,6 +70,11 @@ PROMPT_TOKENS = 16
 PREFILL_TOKENS = 64
 """Tokens of the prefill pass whose time outside experts is the profile's second point."""
 
+LONGEST_SEQUENCE = max(PREFILL_TOKENS, PROMPT_TOKENS + 3 * (OUTSIDE_ROUNDS + 1))
+"""The most tokens any of calibration's sequences holds in its key-value cache (a prefill, or the
+prompt with every decode pass over it, three placements a round): the cache a GPU budget must
+hold while calibrating, where a run's holds its longest generation."""
+
 COPY_SAMPLES = 16
 """Host-to-device copies timed, at least (their median kept). The one-copy-per-layer run prices
 what the next layer's dense work hides against this copy time, so an outlier here lands there

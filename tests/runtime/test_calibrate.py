@@ -13,7 +13,9 @@ from expertcache.simulator.placements import MISS_PATHS
 
 def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     out = tmp_path / "here.json"
-    result = run_cli("calibrate", "--model", model_dirs("olmoe"), "--device", "cpu", "--threads", "1,2", "--repeats", "2", "--out", str(out))
+    result = run_cli(
+        "calibrate", "--model", model_dirs("olmoe"), "--device", "cpu", "--gpu-budget", "1GiB", "--threads", "1,2", "--repeats", "2", "--out", str(out)
+    )
     assert result.returncode == 0, result.stderr
     profile = Profile.from_json(out)
     assert profile.thread_counts == [1, 2]
@@ -45,6 +47,22 @@ def test_a_model_whose_experts_cannot_be_split_gets_no_split_price(model_dirs):
 def test_calibrate_needs_exactly_one_model():
     result = run_cli("calibrate")
     assert result.returncode == 2 and "exactly one of --model and --synthetic" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "{olmoe}", "--device", "cpu", "--gpu-budget", "1MB"], "cannot hold the dense weights"),
+        (["--model", "{olmoe}", "--device", "cpu", "--gpu-budget", "lots"], "cannot read 'lots' as a size"),
+        (["--synthetic", "olmoe-1b-7b", "--device", "cpu", "--gpu-budget", "1GiB"], "--gpu-budget applies to --model"),
+    ],
+)
+def test_calibrate_refuses_a_budget_before_measuring(model_dirs, tmp_path, args, message):
+    out = tmp_path / "p.json"
+    result = run_cli("calibrate", *[arg.format(olmoe=model_dirs("olmoe")) for arg in args], "--out", str(out))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
+    assert not out.exists() and "measuring" not in result.stderr
 
 
 def test_calibrate_takes_a_model_that_routes_to_more_than_two_experts(model_dirs, tmp_path):
