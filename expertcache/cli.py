@@ -15,7 +15,8 @@ PROFILE_HELP = "Cost profile: a built-in name (h100, desktop-4090) or a JSON fil
 
 
 class Commands(click.Group):
-    """A click group that reports expertcache's own errors as one line on stderr, exit status 2."""
+    """A click group that reports expertcache's own errors, and click's about a command's options,
+    as one line on stderr, exit status 2."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -23,6 +24,31 @@ class Commands(click.Group):
         except ExpertCacheError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
+        except click.UsageError as exc:  # raised while the subcommand parses its options
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            click.echo(f"error: {exc.format_message()} (see {where} --help)", err=True)
+            sys.exit(exc.exit_code)
+
+
+COUNT = click.IntRange(min=1)
+"""Tokens, threads, repeats, layers: counts where 0 or less means nothing."""
+
+
+class ThreadCounts(click.ParamType):
+    """``--threads 1,2,4``: positive thread counts, comma-separated."""
+
+    name = "N,N,..."
+
+    def convert(self, value, param, ctx) -> list[int]:
+        if isinstance(value, list):  # click may convert a value twice
+            return value
+        try:
+            counts = [int(part) for part in str(value).split(",")]
+        except ValueError:
+            self.fail(f"'{value}' is not a comma-separated list of thread counts", param, ctx)
+        if min(counts) < 1:
+            self.fail(f"'{value}': thread counts must be at least 1", param, ctx)
+        return counts
 
 
 MODEL_COMMANDS = {"run", "record", "calibrate", "tune", "bench"}
@@ -74,7 +100,7 @@ def _trace_path(trace: str | None) -> str:
 @click.option("--policy", default="lru", show_default=True, help="Replacement policy (see `expertcache policies`).")
 @click.option("--mapping", default="modulo", show_default=True, help="How (layer, expert) picks a set: modulo or layer.")
 @click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP)
-@click.option("--threads", type=int, help="CPU threads for misses. [default: the profile's largest]")
+@click.option("--threads", type=COUNT, help="CPU threads for misses. [default: the profile's largest]")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random policy.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
 def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, seed, fmt) -> None:
@@ -110,15 +136,15 @@ def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, see
 @click.option("--budget", metavar="SIZE", help="GPU memory for expert slots, e.g. 20GiB. [default: a third of one trace's experts]")
 @click.option("--slots", type=int, help="Total expert slots, instead of --budget.")
 @click.option("--policies", "policy_list", default=",".join(POLICIES), show_default=True, help="Comma-separated policies; belady is shown as the bound, never chosen.")
-@click.option("--threads", "thread_list", help="Comma-separated CPU thread counts. [default: every count the profile measured]")
-@click.option("--max-sets", type=int, help="Largest set count N to try. [default: all]")
+@click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts. [default: every count the profile measured]")
+@click.option("--max-sets", type=COUNT, help="Largest set count N to try. [default: all]")
 @click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP)
 @click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True, help="Where configurations run: local processes, this process, or a Ray cluster.")
-@click.option("--workers", type=int, help="Local processes. [default: all cores]")
+@click.option("--workers", type=COUNT, help="Local processes. [default: all cores]")
 @click.option("--address", help="Ray cluster address (with --executor ray). [default: start a local one]")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="best-config.json", show_default=True, help="Where to write the best CacheConfig.")
 @click.option("--results", "results_path", type=click.Path(dir_okay=False), help="Write every result to this .csv or .parquet file.")
-@click.option("--top", type=int, default=15, show_default=True, help="Rows of the ranked table to print.")
+@click.option("--top", type=COUNT, default=15, show_default=True, help="Rows of the ranked table to print.")
 def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profile_name, executor, workers, address, out_path, results_path, top) -> None:
     """Simulate every N x M geometry that fits the budget, for every policy and thread count,
     print the ranking and write the best configuration for `expertcache run --config`.
@@ -152,7 +178,7 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profil
         budget_bytes = total * meta.expert_bytes
     total = min(total, len(meta.moe_layers) * meta.num_experts)
     profile = load_profile(profile_name)
-    threads = [int(t) for t in thread_list.split(",")] if thread_list else profile.thread_counts
+    threads = thread_list or profile.thread_counts
     policy_names = [p.strip() for p in policy_list.split(",") if p.strip()]
     todo = candidates(geometries_for_slots(total, meta.top_k, max_sets), policy_names, threads)
 
@@ -212,13 +238,13 @@ def _model_options(command):
         click.option("--model", "model_path", required=True, type=click.Path(), help="Local Hugging Face model directory (config.json + safetensors)."),
         click.option("--prompt", help="One prompt."),
         click.option("--prompt-file", type=click.Path(), help="A file with one prompt per line."),
-        click.option("--n-prompts", type=int, help="Use only the first K prompts of --prompt-file."),
-        click.option("--max-tokens", type=int, default=128, show_default=True, help="New tokens per prompt."),
+        click.option("--n-prompts", type=COUNT, help="Use only the first K prompts of --prompt-file."),
+        click.option("--max-tokens", type=COUNT, default=128, show_default=True, help="New tokens per prompt."),
         click.option("--config", "config_path", type=click.Path(), help="A CacheConfig JSON, e.g. from `expertcache sweep`."),
         click.option("--sets", type=int, help="Sets N (with --ways) instead of --config."),
         click.option("--ways", type=int, help="Ways M (with --sets)."),
         click.option("--policy", default=None, help="Replacement policy. [default: markov, or the config's]"),
-        click.option("--threads", type=int, help="CPU threads for misses. [default: all cores but one]"),
+        click.option("--threads", type=COUNT, help="CPU threads for misses. [default: all cores but one]"),
         click.option("--gpu-budget", help="Everything on the GPU: dense weights, KV cache, slots, e.g. 24GiB. [default: free GPU memory]"),
         click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]"),
         click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP),
@@ -314,7 +340,7 @@ def record(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, 
 
 @main.command()
 @click.option("--family", type=click.Choice(["mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"]), default="mixtral", show_default=True)
-@click.option("--layers", type=int, default=4, show_default=True, help="Decoder layers.")
+@click.option("--layers", type=COUNT, default=4, show_default=True, help="Decoder layers.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write the model and tokenizer to.")
 def synthesize(family, layers, seed, out_dir) -> None:
@@ -331,7 +357,7 @@ def synthesize(family, layers, seed, out_dir) -> None:
 @click.option("--sweep", "sweep_path", type=click.Path(dir_okay=False), help="Results of `expertcache sweep --results` to plot as a heatmap.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The chosen CacheConfig, marked on the sweep heatmap.")
 @click.option("--timing", "timing_path", type=click.Path(dir_okay=False), help="A <trace>.timing.parquet from `expertcache record`.")
-@click.option("--points", type=int, default=10, show_default=True, help="Cache sizes on the hit-rate-against-capacity curves.")
+@click.option("--points", type=COUNT, default=10, show_default=True, help="Cache sizes on the hit-rate-against-capacity curves.")
 def analyze(trace_paths, out_dir, sweep_path, config_path, timing_path, points) -> None:
     """Measure expert reuse in traces and write reuse.json, figures (PNG, SVG) and one
     self-contained report.html. Several traces are shown side by side.
@@ -398,11 +424,11 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 @main.command()
 @click.option("--model", "model_path", type=click.Path(), help="Local model directory to calibrate for.")
 @click.option("--synthetic", "shape", type=click.Choice(FULL_SHAPES), help="Calibrate for a full-size architecture with synthesized weights instead (GPU).")
-@click.option("--layers", type=int, default=2, show_default=True, help="Layers of the --synthetic model to build (timings are per layer).")
+@click.option("--layers", type=COUNT, default=2, show_default=True, help="Layers of the --synthetic model to build (timings are per layer).")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--gpu-budget", help="GPU memory calibrating --model may use: dense weights, a short KV cache, top_k slots, e.g. 24GiB. [default: free GPU memory]")
-@click.option("--threads", "thread_list", help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
-@click.option("--repeats", type=int, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s.")
+@click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
+@click.option("--repeats", type=COUNT, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s.")
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default="profile.json", show_default=True)
 def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeats, trust_remote_code, out_path) -> None:
@@ -423,8 +449,7 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
                                             max_tokens=LONGEST_SEQUENCE)  # fmt: skip
     config = CacheConfig(sets=1, ways=top_k, policy="lru")
     model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k)
-    threads = [int(t) for t in thread_list.split(",")] if thread_list else None
-    profile = measure(model, name=Path(out_path).stem, threads=threads, repeats=repeats, progress=lambda m: click.echo(f"measuring {m}", err=True))
+    profile = measure(model, name=Path(out_path).stem, threads=thread_list, repeats=repeats, progress=lambda m: click.echo(f"measuring {m}", err=True))
     profile.to_json(out_path)
     click.echo(f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) " + ", ".join(f"{t} threads {row[1]:.2f} ms" for t, row in profile.cpu_expert_ms.items()))
     click.echo(f"GPU expert (1 token) {profile.gpu_expert_ms[1]:.3f} ms; outside experts {profile.dense_ms[1]:.3f} ms per layer; CPU slowdown under copies {profile.cpu_slowdown_during_copy:.2f}, copies under CPU experts {profile.copy_slowdown_during_cpu:.2f}; queueing a GPU expert {profile.gpu_launch_ms:.3f} ms")
@@ -439,10 +464,10 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
 @click.option("--model", "model_path", required=True, type=click.Path(), help="Local Hugging Face model directory.")
 @click.option("--prompt", help="One prompt to record.")
 @click.option("--prompt-file", type=click.Path(), help="A file with one prompt per line, like your workload's.")
-@click.option("--n-prompts", type=int, help="Use only the first K prompts of --prompt-file.")
-@click.option("--max-tokens", type=int, default=64, show_default=True, help="New tokens per prompt while recording.")
+@click.option("--n-prompts", type=COUNT, help="Use only the first K prompts of --prompt-file.")
+@click.option("--max-tokens", type=COUNT, default=64, show_default=True, help="New tokens per prompt while recording.")
 @click.option("--gpu-budget", help="Everything on the GPU: dense weights, KV cache, slots, e.g. 24GiB. [default: free GPU memory]")
-@click.option("--threads", "thread_list", help="Comma-separated CPU thread counts to measure and sweep. [default: 1, 2, 4, ... all cores]")
+@click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure and sweep. [default: 1, 2, 4, ... all cores]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code.")
 @click.option("--out-dir", default="tuned", show_default=True, type=click.Path(file_okay=False), help="Where trace.parquet, profile.json and best-config.json go.")
@@ -461,7 +486,6 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
     from expertcache.simulator.sweep import runnable_candidates
 
     prompts = read_prompts(prompt, prompt_file, n_prompts)
-    threads = [int(t) for t in thread_list.split(",")] if thread_list else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = _load_for_cli(model_path, None, None, None, None, None, gpu_budget, device, None, max_tokens, trust_remote_code)
@@ -476,7 +500,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
         runtime.recorder.close()
     runtime.recorder = None
 
-    profile = measure(model, name="tuned", threads=threads, progress=lambda m: click.echo(f"measuring {m}", err=True))
+    profile = measure(model, name="tuned", threads=thread_list, progress=lambda m: click.echo(f"measuring {m}", err=True))
     profile.to_json(out / "profile.json")
 
     todo = runnable_candidates(runtime.config.slots, runtime.top_k, profile.thread_counts)
@@ -490,15 +514,15 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @main.command()
 @click.option("--model", "model_path", type=click.Path(), help="Local model directory to bench.")
 @click.option("--synthetic", "shape", type=click.Choice(FULL_SHAPES), help="A full-size architecture with synthesized weights instead.")
-@click.option("--layers", type=int, help="Build only this many decoder layers of --synthetic. [default: all]")
+@click.option("--layers", type=COUNT, help="Build only this many decoder layers of --synthetic. [default: all]")
 @click.option("--budget", "budget_text", required=True, help="GPU memory for everything (dense weights, KV cache, slots), e.g. 24GiB.")
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False), help="Force every system's routing from this trace. [default: the model's routers]")
 @click.option("--systems", default=",".join(["expertcache", "fetch", "static", "cpu", "gpu", "accelerate"]), show_default=True, help="Comma-separated systems to run; accelerate (transformers + accelerate offload) runs once, after the rounds, and needs the bench extra.")
-@click.option("--requests", type=int, default=2, show_default=True)
-@click.option("--prompt-tokens", type=int, default=16, show_default=True, help="Random prompt tokens per request.")
-@click.option("--new-tokens", type=int, default=32, show_default=True, help="Greedy new tokens per request.")
-@click.option("--rounds", type=int, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run.")
-@click.option("--threads", type=int, help="CPU threads for experts on the CPU. [default: all cores but one]")
+@click.option("--requests", type=COUNT, default=2, show_default=True)
+@click.option("--prompt-tokens", type=COUNT, default=16, show_default=True, help="Random prompt tokens per request.")
+@click.option("--new-tokens", type=COUNT, default=32, show_default=True, help="Greedy new tokens per request.")
+@click.option("--rounds", type=COUNT, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run.")
+@click.option("--threads", type=COUNT, help="CPU threads for experts on the CPU. [default: all cores but one]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
 @click.option("--timing-out", "timing_path", type=click.Path(dir_okay=False), help="Write every run's per-layer timing (system, round, and the recording's timing columns: docs/trace-format.md) as Parquet, rewritten after every run.")
@@ -522,8 +546,6 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     if (model_path is None) == (shape is None):
         raise ConfigError("give exactly one of --model and --synthetic")  # before reading any config
     check_systems(systems.split(","))
-    if rounds < 1:
-        raise ConfigError("--rounds must be at least 1")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for but this machine has no CUDA GPU; pass --device cpu")
@@ -618,14 +640,14 @@ def validate(paths) -> None:
 
 @trace.command("synthesize")
 @click.option("--shape", type=click.Choice(FULL_SHAPES), help="Take the layers, experts, top-k and expert bytes from this architecture.")
-@click.option("--layers", type=int, default=32, show_default=True, help="MoE layers (without --shape).")
-@click.option("--experts", type=int, default=8, show_default=True, help="Experts per layer (without --shape).")
-@click.option("--top-k", type=int, default=2, show_default=True, help="Experts chosen per token (without --shape).")
-@click.option("--expert-bytes", type=int, default=352_321_536, show_default=True, help="Bytes of one expert (without --shape).")
-@click.option("--tokens", type=int, default=128, show_default=True, help="Decode tokens per request.")
-@click.option("--requests", type=int, default=2, show_default=True)
-@click.option("--stickiness", type=float, default=0.15, show_default=True, help="Chance that a token keeps each of the previous token's experts.")
-@click.option("--skew", type=float, default=0.25, show_default=True, help="How unevenly a layer's experts are chosen (0: evenly).")
+@click.option("--layers", type=COUNT, default=32, show_default=True, help="MoE layers (without --shape).")
+@click.option("--experts", type=COUNT, default=8, show_default=True, help="Experts per layer (without --shape).")
+@click.option("--top-k", type=COUNT, default=2, show_default=True, help="Experts chosen per token (without --shape).")
+@click.option("--expert-bytes", type=COUNT, default=352_321_536, show_default=True, help="Bytes of one expert (without --shape).")
+@click.option("--tokens", type=COUNT, default=128, show_default=True, help="Decode tokens per request.")
+@click.option("--requests", type=COUNT, default=2, show_default=True)
+@click.option("--stickiness", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True, help="Chance that a token keeps each of the previous token's experts.")
+@click.option("--skew", type=click.FloatRange(min=0.0), default=0.25, show_default=True, help="How unevenly a layer's experts are chosen (0: evenly).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
 def synthesize_trace(shape, layers, experts, top_k, expert_bytes, tokens, requests, stickiness, skew, seed, out_path) -> None:
@@ -636,11 +658,8 @@ def synthesize_trace(shape, layers, experts, top_k, expert_bytes, tokens, reques
     across consecutive tokens, and within the last 2 and 4 tokens; benchmarks/routing_locality.py
     fits them). It keeps Mixtral's locality, not the other model's own: record a real run where
     you can."""
-    from expertcache.errors import ConfigError
     from expertcache.traces.synthetic import synthetic_trace
 
-    if not 0.0 <= stickiness <= 1.0 or skew < 0 or min(tokens, requests) < 1:
-        raise ConfigError("--stickiness must lie in [0, 1], --skew must not be negative, --tokens and --requests must be at least 1")
     if shape:
         import torch
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import pytest
 import torch
 from transformers import AutoConfig
 
@@ -94,6 +95,10 @@ def test_bench_refuses_an_unknown_system_before_building_anything(model_dirs):
     assert result.stderr.strip() == "error: unknown system 'vllm'; known: expertcache, fetch, static, cpu, gpu, accelerate"
 
 
-def test_bench_refuses_zero_rounds(model_dirs):
-    result = run_cli("bench", "--model", model_dirs("mixtral"), "--budget", "1GiB", "--device", "cpu", "--rounds", "0")
-    assert result.returncode == 2 and result.stderr.strip() == "error: --rounds must be at least 1"
+@pytest.mark.parametrize("option", ["--rounds", "--new-tokens", "--prompt-tokens", "--requests", "--threads"])
+def test_bench_refuses_a_zero_count_in_one_line(model_dirs, option):
+    result = run_cli("bench", "--model", model_dirs("mixtral"), "--budget", "1GiB", "--device", "cpu", option, "0")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1 and line.endswith(" bench --help)"), line
+    assert line.startswith(f"error: Invalid value for '{option}': 0 is not in the range x>=1."), line
