@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -49,6 +50,32 @@ class ThreadCounts(click.ParamType):
         if min(counts) < 1:
             self.fail(f"'{value}': thread counts must be at least 1", param, ctx)
         return counts
+
+
+class OutputPath(click.Path):
+    """A path the command writes. Its folder (the path itself, for a directory) is made as
+    ``mkdir -p`` makes it, and found writable, while the options are read: a sweep or a bench
+    never runs to its end only to fail on where to put what it measured."""
+
+    def __init__(self, directory: bool = False, suffixes: tuple[str, ...] = ()) -> None:
+        super().__init__(file_okay=not directory, dir_okay=directory)
+        self.suffixes = suffixes
+
+    def convert(self, value, param, ctx) -> str:
+        value = super().convert(value, param, ctx)
+        path = Path(value)
+        if self.suffixes and path.suffix not in self.suffixes:
+            self.fail(f"{path}: write a {' or '.join(self.suffixes)} file", param, ctx)
+        folder = path if self.dir_okay else path.parent
+        if folder.exists() and not folder.is_dir():
+            self.fail(f"{folder} is a file, not a folder", param, ctx)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self.fail(f"cannot make the folder {folder}: {exc.strerror}", param, ctx)
+        if not os.access(folder, os.W_OK):
+            self.fail(f"cannot write in {folder}", param, ctx)
+        return value
 
 
 MODEL_COMMANDS = {"run", "record", "calibrate", "tune", "bench"}
@@ -142,8 +169,8 @@ def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, see
 @click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True, help="Where configurations run: local processes, this process, or a Ray cluster.")
 @click.option("--workers", type=COUNT, help="Local processes. [default: all cores]")
 @click.option("--address", help="Ray cluster address (with --executor ray). [default: start a local one]")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="best-config.json", show_default=True, help="Where to write the best CacheConfig.")
-@click.option("--results", "results_path", type=click.Path(dir_okay=False), help="Write every result to this .csv or .parquet file.")
+@click.option("--out", "out_path", type=OutputPath(), default="best-config.json", show_default=True, help="Where to write the best CacheConfig.")
+@click.option("--results", "results_path", type=OutputPath(suffixes=(".csv", ".parquet")), help="Write every result to this .csv or .parquet file.")
 @click.option("--top", type=COUNT, default=15, show_default=True, help="Rows of the ranked table to print.")
 def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profile_name, executor, workers, address, out_path, results_path, top) -> None:
     """Simulate every N x M geometry that fits the budget, for every policy and thread count,
@@ -222,14 +249,11 @@ def _read_table(path: Path, kind: str):
 
 
 def _write_table(frame, path: Path) -> None:
-    from expertcache.errors import ConfigError
-
+    """``frame`` as Parquet or CSV, by the suffix ``--results`` was checked for."""
     if path.suffix == ".parquet":
         frame.to_parquet(path, index=False)
-    elif path.suffix == ".csv":
-        frame.to_csv(path, index=False)
     else:
-        raise ConfigError(f"{path}: results must be written to a .csv or .parquet file")
+        frame.to_csv(path, index=False)
 
 
 def _model_options(command):
@@ -319,7 +343,7 @@ def run(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, set
 
 @main.command()
 @_model_options
-@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False), help="Where to write the trace (.parquet); timing and per-access siblings go beside it.")
+@click.option("--trace", "trace_path", required=True, type=OutputPath(), help="Where to write the trace (.parquet); timing and per-access siblings go beside it.")
 def record(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, hide_response, trust_remote_code, trace_path) -> None:
     """Like `run`, and write the expert trace of the run for `sweep` and `analyze`.
 
@@ -342,7 +366,7 @@ def record(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, 
 @click.option("--family", type=click.Choice(["mixtral", "phimoe", "qwen2_moe", "qwen3_moe", "olmoe", "gpt_oss"]), default="mixtral", show_default=True)
 @click.option("--layers", type=COUNT, default=4, show_default=True, help="Decoder layers.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory to write the model and tokenizer to.")
+@click.option("--out", "out_dir", required=True, type=OutputPath(directory=True), help="Directory to write the model and tokenizer to.")
 def synthesize(family, layers, seed, out_dir) -> None:
     """Write a toy model of an MoE family with random weights (and a tokenizer) to try the tools on."""
     from expertcache.runtime.synthetic import build_tiny_model
@@ -353,7 +377,7 @@ def synthesize(family, layers, seed, out_dir) -> None:
 
 @main.command()
 @click.argument("trace_paths", nargs=-1, metavar="[TRACE]...")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Directory for reuse.json, figures and report.html.")
+@click.option("--out", "out_dir", required=True, type=OutputPath(directory=True), help="Directory for reuse.json, figures and report.html.")
 @click.option("--sweep", "sweep_path", type=click.Path(dir_okay=False), help="Results of `expertcache sweep --results` to plot as a heatmap.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="The chosen CacheConfig, marked on the sweep heatmap.")
 @click.option("--timing", "timing_path", type=click.Path(dir_okay=False), help="A <trace>.timing.parquet from `expertcache record`.")
@@ -430,7 +454,7 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
 @click.option("--repeats", type=COUNT, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s.")
 @click.option("--trust-remote-code", is_flag=True)
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), default="profile.json", show_default=True)
+@click.option("--out", "out_path", type=OutputPath(), default="profile.json", show_default=True)
 def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeats, trust_remote_code, out_path) -> None:
     """Measure this machine's cost profile for a model's expert shape: copy bandwidth, CPU and GPU
     expert times, time per layer outside experts, and how much GPU work the host's next layer
@@ -470,7 +494,7 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure and sweep. [default: 1, 2, 4, ... all cores]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code.")
-@click.option("--out-dir", default="tuned", show_default=True, type=click.Path(file_okay=False), help="Where trace.parquet, profile.json and best-config.json go.")
+@click.option("--out-dir", default="tuned", show_default=True, type=OutputPath(directory=True), help="Where trace.parquet, profile.json and best-config.json go.")
 def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thread_list, device, trust_remote_code, out_dir) -> None:
     """Record a short trace, calibrate this machine and sweep, in one command: the configuration
     for `expertcache run --config OUT_DIR/best-config.json`.
@@ -487,7 +511,6 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 
     prompts = read_prompts(prompt, prompt_file, n_prompts)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model = _load_for_cli(model_path, None, None, None, None, None, gpu_budget, device, None, max_tokens, trust_remote_code)
     runtime = model.expertcache
 
@@ -524,8 +547,8 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--rounds", type=COUNT, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run.")
 @click.option("--threads", type=COUNT, help="CPU threads for experts on the CPU. [default: all cores but one]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
-@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
-@click.option("--timing-out", "timing_path", type=click.Path(dir_okay=False), help="Write every run's per-layer timing (system, round, and the recording's timing columns: docs/trace-format.md) as Parquet, rewritten after every run.")
+@click.option("--out", "out_path", type=OutputPath(), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
+@click.option("--timing-out", "timing_path", type=OutputPath(), help="Write every run's per-layer timing (system, round, and the recording's timing columns: docs/trace-format.md) as Parquet, rewritten after every run.")
 def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path, timing_path) -> None:
     """Run expertcache and the systems users would pick instead side by side, one budget, one run.
 
@@ -533,9 +556,6 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     each system on the same requests and routing and prints decode and prefill speed, hit rate,
     roofline, energy per token and the simulator's predictions (this machine, the seed's desktop).
     """
-    import json
-    import os
-
     import torch
 
     from expertcache.errors import ConfigError
@@ -649,7 +669,7 @@ def validate(paths) -> None:
 @click.option("--stickiness", type=click.FloatRange(0.0, 1.0), default=0.15, show_default=True, help="Chance that a token keeps each of the previous token's experts.")
 @click.option("--skew", type=click.FloatRange(min=0.0), default=0.25, show_default=True, help="How unevenly a layer's experts are chosen (0: evenly).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Trace file to write.")
+@click.option("--out", "out_path", required=True, type=OutputPath(), help="Trace file to write.")
 def synthesize_trace(shape, layers, experts, top_k, expert_bytes, tokens, requests, stickiness, skew, seed, out_path) -> None:
     """Write decode routing drawn at random with tunable locality, for sweeps and benches of a
     model whose real routing you do not have (`bench --trace` forces it on a live run).

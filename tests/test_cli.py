@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -47,6 +48,13 @@ def test_sweep_writes_the_best_config_and_every_result(small_trace, tmp_path):
     table = pq.read_table(results).to_pandas()
     assert len(table) == 4 * 8 * len(load_profile("h100").thread_counts)  # geometries × policies × thread counts
     assert "rank" in result.stdout and f"best: {config.sets} sets x {config.ways} ways" in result.stdout
+
+
+def test_sweep_makes_the_folders_it_writes_into(small_trace, tmp_path):
+    best, results = tmp_path / "new" / "best.json", tmp_path / "other" / "deeper" / "all.parquet"
+    result = run_cli("sweep", "--trace", str(small_trace), "--slots", "4", "--out", str(best), "--results", str(results))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(best.read_text())["sets"] >= 1 and len(pd.read_parquet(results)) > 0
 
 
 def test_sweep_with_no_arguments_runs_on_the_packaged_sample(tmp_path):
@@ -106,6 +114,10 @@ def _bad_trace(tmp_path):
         (["sweep", "--trace", "{trace}", "--threads", "2,0"], "thread counts must be at least 1"),
         (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--bogus"], "No such option '--bogus'. (see "),
         (["bogus"], "No such command 'bogus'"),
+        # where results go is checked before the sweep runs, not after
+        (["sweep", "--trace", "{trace}", "--results", "{missing}.txt"], "write a .csv or .parquet file"),
+        (["sweep", "--trace", "{trace}", "--results", "{text}/all.csv"], "notes.txt is a file, not a folder"),
+        (["analyze", "{trace}", "--out", "{text}/report"], "notes.txt/report: Not a directory"),
         (["trace", "synthesize", "--experts", "2", "--top-k", "3", "--out", "{missing}"], "top_k=3 must be between 1 and num_experts=2"),
     ],
 )
