@@ -459,6 +459,8 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
     """Measure this machine's cost profile for a model's expert shape: copy bandwidth, CPU and GPU
     expert times, time per layer outside experts, and how much GPU work the host's next layer
     hides. `sweep --profile` then predicts for this machine."""
+    import time
+
     import torch
 
     from expertcache.runtime.calibrate import LONGEST_SEQUENCE
@@ -467,6 +469,7 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
     from expertcache.simulator.config import CacheConfig
     from expertcache.units import parse_bytes
 
+    started = time.perf_counter()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_bytes(gpu_budget) if gpu_budget else None
     model, host, top_k = _model_and_experts(model_path, shape, layers, device, trust_remote_code=trust_remote_code, gpu_budget=budget,
@@ -481,7 +484,7 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
         click.echo(f"a split expert's host time besides its CPU share {profile.split_launch_ms:.3f} ms")
     click.echo(f"a layer computing on the CPU pays {profile.cpu_path_overhead_ms:.3f} ms more (its input to the host, outputs back)")
     click.echo(f"GPU work hidden behind the next layer's dense work, at most {profile.dense_overlap_ms:.3f} ms per layer")
-    click.echo(f"profile  {out_path}")
+    click.echo(f"profile  {out_path}, {time.perf_counter() - started:.0f} s with loading the model")
 
 
 @main.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -29,6 +30,8 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     # from a run copying one expert per layer: at most the whole dense time hides GPU work
     assert 0 <= profile.dense_overlap_ms <= profile.dense_ms[1] and "hidden behind the next layer" in result.stdout
     assert f"computing on the CPU pays {profile.cpu_path_overhead_ms:.3f} ms more" in result.stdout
+    # how long it took, against the two minutes: the measuring in the profile, the command's on screen
+    assert re.search(r"cores, in \d+ s;", profile.notes) and re.search(r"profile  .*here\.json, \d+ s with loading the model", result.stdout)
     simulated = run_cli("simulate", "--sets", "2", "--ways", "4", "--profile", str(out), "--threads", "2", "--format", "json")
     assert simulated.returncode == 0, simulated.stderr
     assert json.loads(simulated.stdout)["tokens_per_s"] > 0
