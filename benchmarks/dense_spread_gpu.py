@@ -30,9 +30,6 @@ import threading
 import time
 from pathlib import Path
 
-REPEATS = 6
-"""Times calibration's outside-experts measurement runs in each process."""
-
 LAUNCHES = 2000
 """Bare kernel launches per timed block."""
 
@@ -91,7 +88,7 @@ def child(args: argparse.Namespace) -> dict:
     cpu_ms = cpu_expert_ms(model, args.threads)[1]
     dense, cpu_path = [], []
     preempted_before, steal_before, started = preempted(), steal_ticks(), time.perf_counter()
-    for _ in range(REPEATS):
+    for _ in range(args.repeats):
         resident, overhead, _ = _time_outside_experts(model, runtime=model.expertcache, launch_ms=0.0, copy_ms=0.0)
         dense.append(resident[1])
         cpu_path.append(overhead)
@@ -125,6 +122,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2, help="decoder layers built")
     parser.add_argument("--threads", default="15,14,12", help="CPU expert thread counts, comma-separated, one process each in turn")
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per thread count")
+    parser.add_argument("--repeats", type=int, default=6, help="outside-experts measurements per process (more: a longer look inside one)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -140,7 +138,7 @@ def main() -> None:
     for process in range(args.processes):
         for threads in args.threads.split(","):
             command = [sys.executable, __file__, "--child", "--shape", args.shape, "--layers", str(args.layers),
-                       "--threads", threads, "--device", args.device]  # fmt: skip
+                       "--threads", threads, "--device", args.device, "--repeats", str(args.repeats)]  # fmt: skip
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode:
                 sys.exit(f"child failed: {done.stderr.strip().splitlines()[-1]}")
