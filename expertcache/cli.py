@@ -562,7 +562,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     import torch
 
     from expertcache.errors import ConfigError
-    from expertcache.runtime.bench import BenchSetup, check_systems, format_layer_times, format_table, run_bench
+    from expertcache.runtime.bench import BenchSetup, check_systems, dense_drift, format_layer_times, format_table, run_bench
     from expertcache.runtime.loader import model_dtype, plan_memory
     from expertcache.units import parse_bytes
 
@@ -619,6 +619,8 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     click.echo(format_table(rows))
     click.echo("\ndecode layers by how their misses ran: count: ms per layer measured / as the miss rule priced it (host's part)\n")
     click.echo(format_layer_times(rows))
+    if drift := dense_drift(rows):
+        click.echo(f"\nnote: {drift}")
     save(profile, chosen, rows, complete=True)
     if out_path:
         click.echo(f"\nresults  {out_path}")

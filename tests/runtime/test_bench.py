@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pandas as pd
 import pytest
@@ -13,7 +14,9 @@ import torch
 from transformers import AutoConfig
 
 from conftest import run_cli
+from expertcache.runtime.bench import dense_drift
 from expertcache.runtime.loader import plan_memory
+from expertcache.runtime.stats import LayerTimes
 from expertcache.simulator.policies import get_policy
 
 
@@ -102,3 +105,14 @@ def test_bench_refuses_a_zero_count_in_one_line(model_dirs, option):
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and line.endswith(" bench --help)"), line
     assert line.startswith(f"error: Invalid value for '{option}': 0 is not in the range x>=1."), line
+
+
+def test_bench_notes_when_the_all_hit_layers_ran_far_from_their_price():
+    def ran(system: str, layers: int, wall_s: float, planned_s: float) -> dict:
+        return {"system": system, "measured": {"layers_by_kind": {"hits": asdict(LayerTimes(layers, wall_s, planned_s, 0.0))}}}
+
+    timed_outside = {"system": "accelerate"}  # no layers of its own
+    assert dense_drift([ran("expertcache", 40, 0.080, 0.072), ran("static", 40, 0.080, 0.072), timed_outside]) is None  # +11 %
+    assert dense_drift([ran("expertcache", 20, 0.2, 0.02)]) is None  # too few layers to say
+    line = dense_drift([ran("expertcache", 20, 0.036, 0.052), ran("static", 20, 0.036, 0.052), timed_outside])
+    assert line is not None and line.startswith("all-hit layers ran 1.80 ms against 2.60 priced (-31%)")
