@@ -100,10 +100,11 @@ def main() -> None:
             predicted = simulate(replay, geometry, row["policy"], priced, row["threads"], placement=row["placement"], keep_outcome=True)
             error = predicted.tokens_per_s / row["decode_tokens_per_s"] - 1
             bound = roofline(replay, predicted.outcome, priced, row["threads"]).tokens_per_s
-            splits = f"  splits: ran {row['measured'].get('split', '?')}, here {predicted.split}" if row["placement"] == "cache" else ""
-            splits = f"  roofline {bound:.2f} ({row['decode_tokens_per_s'] / bound:.0%} of it){splits}"
+            detail = f"  roofline {bound:.2f} ({row['decode_tokens_per_s'] / bound:.0%} of it)"
+            if row["placement"] == "cache":
+                detail += f"  splits: ran {row['measured'].get('split', '?')}, here {predicted.split}"
             print(f"  {row['system']:<12} measured {row['decode_tokens_per_s']:6.2f}  bench {row['predicted_tokens_per_s']:6.2f}"
-                  f"  here {predicted.tokens_per_s:6.2f} ({error:+.1%}){splits}")  # fmt: skip
+                  f"  here {predicted.tokens_per_s:6.2f} ({error:+.1%}){detail}")  # fmt: skip
             peers[row["system"]] = predicted.tokens_per_s
         ours = next(row for row in rows if row["placement"] == "cache")
         swept = runnable_candidates(ours["sets"] * ours["ways"], replay.meta.top_k, [ours["threads"]])
