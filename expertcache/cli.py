@@ -619,9 +619,9 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     click.echo(format_table(rows))
     click.echo("\ndecode layers by how their misses ran: count: ms per layer measured / as the miss rule priced it (host's part)\n")
     click.echo(format_layer_times(rows))
+    save(profile, chosen, rows, complete=True)
     if drift := dense_drift(rows):
         click.echo(f"\nnote: {drift}")
-    save(profile, chosen, rows, complete=True)
     if out_path:
         click.echo(f"\nresults  {out_path}")
 

@@ -241,7 +241,7 @@ def dense_drift(rows: list[dict]) -> str | None:
         (LayerTimes(**r["measured"]["layers_by_kind"]["hits"]) for r in rows if "hits" in r.get("measured", {}).get("layers_by_kind", {})),
         LayerTimes(),
     )
-    if hits.layers < 32 or abs(hits.wall_s / hits.planned_s - 1) <= DRIFT_NOTED:
+    if hits.layers < 32 or hits.planned_s <= 0 or abs(hits.wall_s / hits.planned_s - 1) <= DRIFT_NOTED:
         return None
     measured, priced = 1e3 * hits.wall_s / hits.layers, 1e3 * hits.planned_s / hits.layers
     return (f"all-hit layers ran {measured:.2f} ms against {priced:.2f} priced ({hits.wall_s / hits.planned_s - 1:+.0%}): the time outside "

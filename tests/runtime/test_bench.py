@@ -114,5 +114,6 @@ def test_bench_notes_when_the_all_hit_layers_ran_far_from_their_price():
     timed_outside = {"system": "accelerate"}  # no layers of its own
     assert dense_drift([ran("expertcache", 40, 0.080, 0.072), ran("static", 40, 0.080, 0.072), timed_outside]) is None  # +11 %
     assert dense_drift([ran("expertcache", 20, 0.2, 0.02)]) is None  # too few layers to say
+    assert dense_drift([ran("expertcache", 40, 0.08, 0.0)]) is None  # priced at nothing: no ratio to give
     line = dense_drift([ran("expertcache", 20, 0.036, 0.052), ran("static", 20, 0.036, 0.052), timed_outside])
     assert line is not None and line.startswith("all-hit layers ran 1.80 ms against 2.60 priced (-31%)")
