@@ -88,9 +88,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     model, host, top_k = build_full_size(args.shape, args.layers, device=args.device)
-    attach(model, host, CacheConfig(sets=1, ways=top_k), device, args.threads, None, top_k)
+    attach(model, host, CacheConfig(sets=1, ways=top_k), device, args.threads, None, top_k)  # torch computes on args.threads from here
     runtime = model.expertcache
-    torch.set_num_threads(args.threads)
     module = runtime.layers[runtime.moe_layers[0]]
     x = torch.randn(1, model.config.hidden_size, dtype=runtime.layout.dtype)
     run = lambda row: expert_ffn(module, x, runtime.layout.views(row))  # noqa: E731

@@ -83,8 +83,7 @@ def child(args: argparse.Namespace) -> dict:
 
     device = torch.device(args.device)
     model, host, top_k = build_full_size(args.shape, args.layers, device=args.device)
-    attach(model, host, CacheConfig(sets=1, ways=top_k), device, args.threads, None, top_k)
-    torch.set_num_threads(args.threads)
+    attach(model, host, CacheConfig(sets=1, ways=top_k), device, args.threads, None, top_k)  # torch computes on args.threads from here
     cpu_ms = cpu_expert_ms(model, args.threads)[1]
     dense, cpu_path = [], []
     preempted_before, steal_before, started = preempted(), steal_ticks(), time.perf_counter()
@@ -107,9 +106,10 @@ def child(args: argparse.Namespace) -> dict:
     before = thread_cpus()
     time.sleep(0.5)
     after = thread_cpus()
-    busy = {tid for tid, (_, ticks) in after.items() if ticks - before.get(tid, (0, ticks))[1] >= 20}  # over 40 % of 0.5 s at 100 Hz
+    busy = {tid for tid, (_, ticks) in after.items() if ticks - before.get(tid, (0, ticks))[1] >= 0.4 * 0.5 * os.sysconf("SC_CLK_TCK")}
     main_cpu = after[os.getpid()][0]
-    sibling_busy = any(after[tid][0] in siblings().get(main_cpu, {main_cpu}) - {main_cpu} for tid in busy if tid != os.getpid())
+    others = siblings().get(main_cpu, {main_cpu}) - {main_cpu}
+    sibling_busy = any(after[tid][0] in others for tid in busy if tid != os.getpid())
     return {"threads": args.threads, "dense_ms": dense, "cpu_path_ms": cpu_path, "cpu_expert_ms": cpu_ms,
             "launch_us": statistics.median(launch_us), "preemptions_per_s": preemptions_per_s, "steal_share": steal_share,
             "main_cpu": main_cpu, "sibling_busy": sibling_busy,
