@@ -16,6 +16,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from expertcache.errors import ConfigError
 from expertcache.runtime.attention import keep_attention_steady
+from expertcache.runtime.graphs import route_decode_through_graphs
 from expertcache.runtime.experts import ExpertLayout, find_experts_modules
 from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExperts, register
 from expertcache.runtime.pinned import host_rows
@@ -144,6 +145,7 @@ def load(
     profile: Profile | str | None = None,
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
+    cuda_graphs: bool = True,
 ) -> PreTrainedModel:
     """Load a local Hugging Face MoE model with its routed experts behind a GPU expert cache.
 
@@ -152,6 +154,7 @@ def load(
     >>> model.expertcache.stats.hit_rate                                          # doctest: +SKIP
 
     ``device="cpu"`` keeps the slot pool on the CPU: the same code path, for tests and CI.
+    ``cuda_graphs=False`` decodes eagerly on a GPU too (``attach``).
     """
     device = torch.device(device)
     path = Path(model_path)
@@ -181,7 +184,7 @@ def load(
         path, dtype=torch_dtype, experts_implementation=IMPLEMENTATION, trust_remote_code=trust_remote_code
     )
     host = {layer: _move_experts_to_host(module, pin=device.type == "cuda") for layer, _, module in find_experts_modules(model)}
-    return attach(model, host, config, device, threads, profile, plan.top_k)
+    return attach(model, host, config, device, threads, profile, plan.top_k, cuda_graphs=cuda_graphs)
 
 
 def attach(
@@ -193,6 +196,7 @@ def attach(
     profile: Profile | str | None,
     top_k: int,
     placement: str = "cache",
+    cuda_graphs: bool = True,
 ) -> PreTrainedModel:
     """Move the dense rest of ``model`` to ``device`` and put its experts behind the cache.
 
@@ -200,12 +204,19 @@ def attach(
     modules' own parameters must already be emptied. ``placement`` picks expertcache or one of
     the systems it is compared with (``simulator.placements.PLACEMENTS``). From then on torch
     computes on the CPU with ``threads`` threads, and attention runs without SDPA's cuDNN backend
-    (``runtime.attention``: it cost decode a graph build per token).
+    (``runtime.attention``: it cost decode a graph build per token). ``generate`` keeps its
+    key-value cache static, and on a GPU decode steps replay CUDA graphs of the work between the
+    experts (``runtime.graphs``) unless ``cuda_graphs`` is False.
     """
     model.eval()
     torch.set_num_threads(threads)  # the CPU experts run with the thread count they are priced at
     keep_attention_steady(model)
+    # a static cache keeps its tensors in place, as graphs need; generate would otherwise compile
+    # its forward when it sees one
+    model.generation_config.cache_implementation = "static"
+    model.generation_config.disable_compile = True
     experts = find_experts_modules(model)
+    route_decode_through_graphs(model, [name for _, name, _ in experts])
     layout = ExpertLayout.of(experts[0][2])
     if any(ExpertLayout.of(module) != layout for _, _, module in experts):
         raise ConfigError("the experts modules of this model differ in layout; one slot pool cannot hold them all")
@@ -215,7 +226,7 @@ def attach(
         profile = load_profile(profile)
     model.expertcache = CachedExperts(
         [(layer, module) for layer, _, module in experts], host, layout, config, num_layers, device, profile, threads, top_k,
-        placement=placement,
+        placement=placement, cuda_graphs=cuda_graphs,
     )
     return model
 

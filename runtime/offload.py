@@ -25,6 +25,7 @@ from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
+from expertcache.runtime.graphs import DecodeGraphs
 from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.split import Cut, least_gpu_share, units_out
 from expertcache.runtime.stats import RuntimeStats
@@ -89,6 +90,7 @@ class CachedExperts:
         threads: int,
         top_k: int,
         placement: str = "cache",
+        cuda_graphs: bool = True,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -129,6 +131,7 @@ class CachedExperts:
         self._layers: list[LayerPass] = []  # of the pass in progress
         self.recorder = None  # a runtime.record.Recorder while recording
         self.routing: Routing | None = None  # trace-forced routing, when set
+        self.graphs = DecodeGraphs() if cuda_graphs and device.type == "cuda" else None
         for layer, module in layers:
             module._expertcache = (self, layer)
 
@@ -205,8 +208,12 @@ class CachedExperts:
 
     # -- one MoE layer -----------------------------------------------------------------------
     def forward(
-        self, module: nn.Module, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+        self, module: nn.Module, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
+        out: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """The layer's experts' weighted sum for ``hidden``, into ``out`` when given."""
+        if self.graphs is not None and self.graphs.capturing:
+            return self.graphs.cut(module, layer, hidden, top_k_index, top_k_weights)
         tokens, top_k = top_k_index.shape
         if layer == self.moe_layers[0]:
             self._begin_pass(tokens)
@@ -250,11 +257,11 @@ class CachedExperts:
         self._run_on_cpu(module, record, hidden_cpu, cpu_rows, plan.on_cpu, outputs)
 
         # one weighted sum, experts in ascending order as eager adds them
-        out = torch.cat([outputs[expert] for expert in sorted(outputs)])
+        weighted = torch.cat([outputs[expert] for expert in sorted(outputs)])
         if getattr(module, "has_post_expert_norm", False):
-            out = module.post_expert_norm(out)
-        out = out * top_k_weights[token_rows, rank_rows, None]
-        final = torch.zeros_like(hidden).index_add_(0, token_rows, out.to(hidden.dtype))
+            weighted = module.post_expert_norm(weighted)
+        weighted = weighted * top_k_weights[token_rows, rank_rows, None]
+        final = (torch.zeros_like(hidden) if out is None else out.zero_()).index_add_(0, token_rows, weighted.to(hidden.dtype))
         record.host_s = time.perf_counter() - routed_at
         return final
 
