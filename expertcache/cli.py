@@ -274,13 +274,14 @@ def _model_options(command):
         click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP),
         click.option("--hide-response", is_flag=True, help="Do not stream the generated text."),
         click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code."),
+        click.option("--enforce-eager", is_flag=True, help="Decode without CUDA graphs (by default a GPU replays each layer's work between its experts from one)."),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code):
+def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code, enforce_eager=False):
     import torch
 
     from expertcache.errors import ConfigError
@@ -303,7 +304,7 @@ def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budg
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_bytes(gpu_budget) if gpu_budget else None
     return load(model_path, config=config, device=device, gpu_budget=budget, max_tokens=max_tokens + 4096,
-                threads=threads, profile=profile_name, trust_remote_code=trust_remote_code)  # fmt: skip
+                threads=threads, profile=profile_name, trust_remote_code=trust_remote_code, cuda_graphs=not enforce_eager)  # fmt: skip
 
 
 def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, trust_remote_code) -> None:
@@ -316,7 +317,9 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
     runtime = model.expertcache
     stats = runtime.stats
     config = runtime.config
-    click.echo(f"\ncache    {config.sets} sets x {config.ways} ways, {config.policy}, {runtime.threads} CPU threads, device {runtime.device}")
+    graphs = runtime.graphs
+    decode = f"{graphs.captures} layer graphs captured in {graphs.capture_s:.2f} s" if graphs and graphs.captures else "eager"
+    click.echo(f"\ncache    {config.sets} sets x {config.ways} ways, {config.policy}, {runtime.threads} CPU threads, device {runtime.device}, decode {decode}")
     click.echo(f"decode   {stats.decode_tokens_per_s:.2f} tokens/s ({stats.decode_tokens} tokens); prefill {stats.prefill_tokens} tokens in {stats.prefill_s:.2f} s")
     click.echo(f"experts  hit rate {stats.hit_rate:.1%} ({stats.hits:,} hits, {stats.misses:,} misses, {stats.copies:,} copies, {stats.bypassed:,} not cached)")
     click.echo(f"misses   {stats.fetched:,} experts computed on the GPU after a copy ({stats.staged:,} through staging slots), "
@@ -332,19 +335,19 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
 
 @main.command()
 @_model_options
-def run(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, hide_response, trust_remote_code) -> None:
+def run(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, hide_response, trust_remote_code, enforce_eager) -> None:
     """Generate with the expert cache and report tokens/s, hit rate and where the time went."""
     from expertcache.runtime.generate import read_prompts
 
     prompts = read_prompts(prompt, prompt_file, n_prompts)
-    model = _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code)
+    model = _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code, enforce_eager)
     _generate_and_report(model, model_path, prompts, max_tokens, hide_response, trust_remote_code)
 
 
 @main.command()
 @_model_options
 @click.option("--trace", "trace_path", required=True, type=OutputPath(), help="Where to write the trace (.parquet); timing and per-access siblings go beside it.")
-def record(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, hide_response, trust_remote_code, trace_path) -> None:
+def record(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, hide_response, trust_remote_code, enforce_eager, trace_path) -> None:
     """Like `run`, and write the expert trace of the run for `sweep` and `analyze`.
 
     A recording cut short keeps every completed token: `expertcache trace info` reads it.
@@ -353,7 +356,7 @@ def record(model_path, prompt, prompt_file, n_prompts, max_tokens, config_path, 
     from expertcache.runtime.record import Recorder, sibling
 
     prompts = read_prompts(prompt, prompt_file, n_prompts)
-    model = _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code)
+    model = _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code, enforce_eager)
     model.expertcache.recorder = Recorder(trace_path, model.expertcache, model_name=Path(model_path).name)
     try:
         _generate_and_report(model, model_path, prompts, max_tokens, hide_response, trust_remote_code)
@@ -552,7 +555,8 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--out", "out_path", type=OutputPath(), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
 @click.option("--timing-out", "timing_path", type=OutputPath(), help="Write every run's per-layer timing (system, round, and the recording's timing columns: docs/trace-format.md) as Parquet, rewritten after every run.")
-def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path, timing_path) -> None:
+@click.option("--enforce-eager", is_flag=True, help="Every system decodes without CUDA graphs (by default each replays its layers' work between the experts from them).")
+def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path, timing_path, enforce_eager) -> None:
     """Run expertcache and the systems users would pick instead side by side, one budget, one run.
 
     Calibrates this machine, lets the simulator choose expertcache's configuration, then runs
@@ -597,6 +601,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
         slots=min(plan.slots, plan.all_experts), all_slots=plan_memory(hf_config, whole, max_tokens, dtype).slots, budget_bytes=budget,
         trace_path=Path(trace_path) if trace_path else None, requests=requests, prompt_tokens=prompt_tokens,
         new_tokens=new_tokens, threads=threads, rounds=rounds, timing_path=Path(timing_path) if timing_path else None,
+        cuda_graphs=not enforce_eager,
     )  # fmt: skip
     machine = f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, {os.cpu_count()} cores, torch {torch.__version__}"
 
@@ -614,7 +619,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     profile, chosen, rows = run_bench(model, host, top_k, systems.split(","), setup, say=lambda m: click.echo(m, err=True), save=save)
     click.echo(f"\n{shape or Path(model_path).name}, budget {budget_text} ({plan.slots} slots), routing from "
                f"{Path(trace_path).name if trace_path else 'the model'}, {requests} requests x {prompt_tokens} prompt + "
-               f"{new_tokens} new tokens, {threads} CPU threads"
+               f"{new_tokens} new tokens, {threads} CPU threads{', eager decode' if enforce_eager else ''}"
                f"{f', median of {rounds} interleaved rounds' if rounds > 1 else ''}; {machine}\n")  # fmt: skip
     click.echo(format_table(rows))
     click.echo("\ndecode layers by how their misses ran: count: ms per layer measured / as the miss rule priced it (host's part)\n")

@@ -68,6 +68,7 @@ class BenchSetup:
     rounds: int = 1  # every system once per round, rounds one after another; each row is its median run
     accelerate_tokens: int = 8  # new tokens of accelerate's one request: at seconds per token, enough to time it
     timing_path: Path | None = None  # every run's per-layer timing in one Parquet file, rewritten after each run
+    cuda_graphs: bool = True  # decode replays CUDA graphs of the work between experts (runtime.graphs) on a GPU
 
 
 def check_systems(systems: list[str]) -> None:
@@ -91,7 +92,7 @@ def run_system(
     """Generate the bench's requests under one system; measure, record to ``record_path``, and price its run."""
     placement = {"expertcache": "cache", "gpu": "static"}.get(system, system)
     device = next(model.parameters()).device
-    attach(model, host, config, device, setup.threads, profile, top_k, placement=placement)
+    attach(model, host, config, device, setup.threads, profile, top_k, placement=placement, cuda_graphs=setup.cuda_graphs)
     runtime = model.expertcache
     if setup.trace_path is not None:
         runtime.routing = TraceRouting(read_trace(setup.trace_path), runtime.moe_layers, runtime.num_experts, top_k)
@@ -143,7 +144,7 @@ def run_bench(
     limit, Ctrl-C) still leaves what it measured."""
     check_systems(systems)
     device = next(model.parameters()).device
-    attach(model, host, CacheConfig(sets=1, ways=top_k, policy="lru"), device, setup.threads, None, top_k)
+    attach(model, host, CacheConfig(sets=1, ways=top_k, policy="lru"), device, setup.threads, None, top_k, cuda_graphs=setup.cuda_graphs)
     say("calibrating this machine")
     profile = calibrate(model, name="bench", threads=sorted({1, setup.threads}), progress=lambda m: say(f"  measuring {m}"))
     say("warming up")  # the first generate of a process is slow (allocations, kernel selection)

@@ -39,6 +39,7 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
     assert "expertcache is" in result.stdout and "(9 slots)" in result.stdout and "median of 2 interleaved rounds" in result.stdout
     document = json.loads((tmp_path / "b.json").read_text())
     assert document["complete"] and not (tmp_path / "b.json.partial").exists()
+    assert document["setup"]["cuda_graphs"]  # on a GPU; the CPU decodes eagerly whatever it says
     rows = {row["system"]: row for row in document["rows"]}
     assert list(rows) == ["expertcache", "fetch", "static", "cpu", "gpu", "accelerate"]
     accelerate = rows.pop("accelerate")  # timed from outside: no cache, recorded run or prediction
@@ -78,7 +79,8 @@ def test_a_bench_killed_midway_leaves_the_runs_it_finished(model_dirs, tmp_path)
     budget = budget_for_slots(model_dir, 9, max_tokens=4 + 3 + 8)
     out = tmp_path / "b.json"
     command = [sys.executable, "-m", "expertcache.cli", "bench", "--model", model_dir, "--budget", str(budget), "--device", "cpu",
-               "--systems", "expertcache,fetch", "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--out", str(out)]  # fmt: skip
+               "--systems", "expertcache,fetch", "--prompt-tokens", "4", "--new-tokens", "3", "--threads", "1", "--out", str(out),
+               "--enforce-eager"]  # fmt: skip
     with subprocess.Popen(command, stderr=subprocess.PIPE, text=True) as bench:
         for line in bench.stderr:  # killed (no cleanup at all) once expertcache's run is done
             if line.startswith("running fetch"):
@@ -87,7 +89,7 @@ def test_a_bench_killed_midway_leaves_the_runs_it_finished(model_dirs, tmp_path)
         bench.wait(timeout=60)
     assert bench.returncode == -signal.SIGKILL
     document = json.loads(out.read_text())
-    assert not document["complete"]
+    assert not document["complete"] and document["setup"]["cuda_graphs"] is False
     assert [row["system"] for row in document["rows"]] == ["expertcache"]
     assert document["rows"][0]["decode_tokens_per_s"] > 0 and document["chosen"]["policy"]
 

@@ -124,11 +124,12 @@ def test_run_and_record_commands(model_dirs, tmp_path):
                               "--config", str(tmp_path / "best.json"), "--device", "cpu"), capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr
     assert "2 sets x 3 ways, lfu" in run.stdout and "tokens/s" in run.stdout and "hit rate" in run.stdout
+    assert "device cpu, decode eager" in run.stdout  # CUDA graphs need a GPU
     assert re.search(r"misses   \d+ experts computed on the GPU after a copy", run.stdout)
     assert re.search(r"layers   decode layers by how their misses ran, count: ms measured / priced \(host's part\): \w+ \d+: \d+\.\d\d / \d+\.\d\d \(host \d+\.\d\d\)", run.stdout)
     (tmp_path / "prompts.txt").write_text("first prompt\n\nsecond prompt\nthird prompt\n")
     record = subprocess.run(_cli("record", "--model", model_dir, "--prompt-file", str(tmp_path / "prompts.txt"), "--n-prompts", "2",
-                                 "--max-tokens", "4", "--device", "cpu", "--hide-response", "--trace", str(tmp_path / "r.parquet")),
+                                 "--max-tokens", "4", "--device", "cpu", "--hide-response", "--enforce-eager", "--trace", str(tmp_path / "r.parquet")),
                             capture_output=True, text=True)  # fmt: skip
     assert record.returncode == 0, record.stderr
     assert read_trace(tmp_path / "r.parquet").frame.request.nunique() == 2
