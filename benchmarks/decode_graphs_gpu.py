@@ -36,6 +36,8 @@ def run(model, host, top_k, slots: int, graphs: bool, prompt: torch.Tensor, toke
     device = prompt.device
     attach(model, host, CacheConfig(sets=1, ways=slots, policy="lru"), device, threads, None, top_k, cuda_graphs=graphs)
     runtime = model.expertcache
+    replayed = runtime.graphs  # the model's: what earlier runs captured, this one replays
+    captured_before = (replayed.captures, replayed.capture_s) if replayed else (0, 0.0)
     runtime.begin_request(0)
     with torch.inference_mode():
         out = model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
@@ -48,9 +50,9 @@ def run(model, host, top_k, slots: int, graphs: bool, prompt: torch.Tensor, toke
         "hits_layer_ms": 1e3 * hits.wall_s / hits.layers if hits else None,
         "hits_layer_host_ms": 1e3 * hits.host_s / hits.layers if hits else None,
         "layers_by_kind": {kind: times.describe() for kind, times in sorted(stats.layer_times.items())},
-        "captures": runtime.graphs.captures if runtime.graphs else 0,
-        "capture_s": runtime.graphs.capture_s if runtime.graphs else 0.0,
-        "graphs_failed": bool(runtime.graphs and runtime.graphs.failed),
+        "captures": replayed.captures - captured_before[0] if replayed else 0,
+        "capture_s": replayed.capture_s - captured_before[1] if replayed else 0.0,
+        "graphs_failed": bool(replayed and replayed.failed),
         "tokens": out[0, prompt.shape[1]:].tolist(),
     }  # fmt: skip
     del model.expertcache, runtime

@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-from transformers import StaticCache
 
 from expertcache.runtime.experts import expert_ffn
+from expertcache.runtime.kv import empty_cache
 from expertcache.runtime.split import least_gpu_share
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.placements import AllOnCpu
@@ -337,8 +337,9 @@ def _time_outside_experts(model, runtime, launch_ms: float, copy_ms: float) -> t
         placements.append((_OneFetchPerLayer(runtime.config.slots), GPU_ONLY))
     with runtime.decided_by(all_hits), torch.inference_mode():
         runtime.begin_request(0)
-        # the static cache generate decodes with, so that decode passes replay CUDA graphs as there
-        cache = StaticCache(config=model.config, max_cache_len=LONGEST_SEQUENCE)
+        # the static cache generate decodes into, so that decode passes replay the CUDA graphs
+        # generate's steps will (captured here, in the untimed round)
+        cache = empty_cache(model, LONGEST_SEQUENCE)
         model(torch.randint(0, vocab, (1, PROMPT_TOKENS), device=device), past_key_values=cache, use_cache=True)
         runtime.end_pass()
     rounds = []

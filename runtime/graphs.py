@@ -13,9 +13,9 @@ in between, exactly as in an eager pass.
 Layers, not the whole forward: what a model does once per pass (embeddings, rotary tables, the
 mask) may read positions on the host, which a graph would freeze (Phi-3.5-MoE picks its rotary
 scale from the sequence length). A graph also needs its tensors in place and its shapes fixed,
-which a static key-value cache gives (``cache_implementation="static"``, which ``attach`` makes
-generate's default); a layer's call with any other cache (sliding-window layers included), or
-more than one token, runs eagerly.
+which a static key-value cache gives (``runtime.kv`` keeps one per model for generate); a
+layer's call with any other cache (sliding-window layers included), or more than one token,
+runs eagerly.
 Replay runs the same kernels on the same data as an eager layer with that cache, so the tokens
 do not change.
 """
@@ -60,7 +60,7 @@ class LayerCapture:
 
 
 class DecodeGraphs:
-    """The captured decoder layers of one attached model, captured on first use and replayed after.
+    """The captured decoder layers of one model, captured on first use and replayed after.
 
     All captures share one memory pool, captured in the order a pass runs the layers and so
     replayed in it. ``CachedExperts.forward`` hands its call to ``cut`` while a capture runs."""
@@ -189,21 +189,24 @@ class DecodeGraphs:
 _DECODER_LAYER = re.compile(r"^(.*?)\.(\d+)\.")
 
 
-def route_decode_through_graphs(model: nn.Module, experts_names: list[str]) -> None:
-    """Send each decoder layer's calls through the attached runtime's ``DecodeGraphs`` when it has
-    them (``model.expertcache.graphs``); idempotent. The decoder layers are the list that holds the
-    layers named in ``experts_names``, with the dense ones among them."""
-    if getattr(model, "_expertcache_graph_layers", False):
-        return
+def route_decode_through_graphs(model: nn.Module, experts_names: list[str]) -> DecodeGraphs | None:
+    """The model's ``DecodeGraphs``, made on the first call: from then on each decoder layer's
+    calls go through it while the attached runtime has it (``model.expertcache.graphs``). One per
+    model, so that a runtime attached anew (a bench's next system) replays what an earlier one
+    captured. The decoder layers are the list that holds the layers named in ``experts_names``,
+    with the dense ones among them; None when there is no such list (decode stays eager)."""
+    if hasattr(model, "_expertcache_graphs"):
+        return model._expertcache_graphs
     match = _DECODER_LAYER.match(experts_names[0])
     layers = model.get_submodule(match.group(1)) if match else None
-    if not isinstance(layers, nn.ModuleList):
-        return  # no list of decoder layers to capture one by one: decode stays eager
+    model._expertcache_graphs = DecodeGraphs() if isinstance(layers, nn.ModuleList) else None
+    if model._expertcache_graphs is None:
+        return None
     model._expertcache_keeps_layer_outputs = False
     model.register_forward_pre_hook(_note_kept_outputs, with_kwargs=True)
     for layer in layers:
         layer.forward = _graphed(model, layer, layer.forward)
-    model._expertcache_graph_layers = True
+    return model._expertcache_graphs
 
 
 def _note_kept_outputs(model: nn.Module, args: tuple, kwargs: dict) -> None:

@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from expertcache.errors import ConfigError
 from expertcache.runtime.attention import keep_attention_steady
 from expertcache.runtime.graphs import route_decode_through_graphs
+from expertcache.runtime.kv import reuse_one_cache
 from expertcache.runtime.experts import ExpertLayout, find_experts_modules
 from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExperts, register
 from expertcache.runtime.pinned import host_rows
@@ -204,19 +205,19 @@ def attach(
     modules' own parameters must already be emptied. ``placement`` picks expertcache or one of
     the systems it is compared with (``simulator.placements.PLACEMENTS``). From then on torch
     computes on the CPU with ``threads`` threads, and attention runs without SDPA's cuDNN backend
-    (``runtime.attention``: it cost decode a graph build per token). ``generate`` keeps its
-    key-value cache static, and on a GPU decode steps replay CUDA graphs of the work between the
-    experts (``runtime.graphs``) unless ``cuda_graphs`` is False.
+    (``runtime.attention``: it cost decode a graph build per token). ``generate`` decodes into one
+    reused static key-value cache (``runtime.kv``), and on a GPU its decode steps replay CUDA
+    graphs of the work between the experts (``runtime.graphs``) unless ``cuda_graphs`` is False.
     """
     model.eval()
     torch.set_num_threads(threads)  # the CPU experts run with the thread count they are priced at
     keep_attention_steady(model)
-    # a static cache keeps its tensors in place, as graphs need; generate would otherwise compile
-    # its forward when it sees one
-    model.generation_config.cache_implementation = "static"
+    # a static cache keeps its tensors in place, as graphs need: one, reused by every request;
+    # generate would otherwise compile its forward when it sees one
+    reuse_one_cache(model)
     model.generation_config.disable_compile = True
     experts = find_experts_modules(model)
-    route_decode_through_graphs(model, [name for _, name, _ in experts])
+    graphs = route_decode_through_graphs(model, [name for _, name, _ in experts])
     layout = ExpertLayout.of(experts[0][2])
     if any(ExpertLayout.of(module) != layout for _, _, module in experts):
         raise ConfigError("the experts modules of this model differ in layout; one slot pool cannot hold them all")
@@ -226,7 +227,7 @@ def attach(
         profile = load_profile(profile)
     model.expertcache = CachedExperts(
         [(layer, module) for layer, _, module in experts], host, layout, config, num_layers, device, profile, threads, top_k,
-        placement=placement, cuda_graphs=cuda_graphs,
+        placement=placement, graphs=graphs if cuda_graphs and device.type == "cuda" else None,
     )
     return model
 

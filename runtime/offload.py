@@ -90,7 +90,7 @@ class CachedExperts:
         threads: int,
         top_k: int,
         placement: str = "cache",
-        cuda_graphs: bool = True,
+        graphs: DecodeGraphs | None = None,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -131,7 +131,7 @@ class CachedExperts:
         self._layers: list[LayerPass] = []  # of the pass in progress
         self.recorder = None  # a runtime.record.Recorder while recording
         self.routing: Routing | None = None  # trace-forced routing, when set
-        self.graphs = DecodeGraphs() if cuda_graphs and device.type == "cuda" else None
+        self.graphs = graphs  # the model's decode graphs (runtime.graphs); None: decode eagerly
         for layer, module in layers:
             module._expertcache = (self, layer)
 

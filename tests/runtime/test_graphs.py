@@ -1,12 +1,16 @@
-"""Which key-value caches CUDA graphs may serve (``runtime.graphs``); replay itself needs a GPU,
-where ``test_equality`` checks its tokens with ``EXPERTCACHE_TEST_DEVICE=cuda``."""
+"""Which key-value caches CUDA graphs may serve (``runtime.graphs``), and the one cache generate
+reuses for them (``runtime.kv``); replay itself needs a GPU, where ``test_equality`` checks its
+tokens with ``EXPERTCACHE_TEST_DEVICE=cuda``."""
 
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, DynamicCache, StaticCache
+from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, StaticCache
 
 from expertcache.runtime.graphs import DecodeGraphs
+from expertcache.runtime.kv import CACHE_STEP, empty_cache
+from expertcache.runtime.loader import load
+from expertcache.simulator.config import CacheConfig
 
 
 def test_only_plain_static_caches_holding_a_prompt_are_served(model_dirs):
@@ -22,3 +26,22 @@ def test_only_plain_static_caches_holding_a_prompt_are_served(model_dirs):
     assert graphs._tensors_of(static) is not None
     assert graphs._tensors_of(sliding) is None
     assert graphs._tensors_of(DynamicCache()) is None
+
+
+def test_every_request_decodes_into_one_reused_cache(model_dirs):
+    """generate empties and reuses the model's one static cache (so graphs captured for it stay
+    valid), and the tokens stay plain transformers' for every request."""
+    model_dir = model_dirs("mixtral")
+    plain = AutoModelForCausalLM.from_pretrained(model_dir)
+    model = load(model_dir, config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    caches = []
+    for length in (5, 9, 5):
+        ids = torch.randint(0, plain.config.vocab_size, (1, length), generator=generator)
+        model.expertcache.begin_request(length)
+        out = model.generate(ids, max_new_tokens=6, do_sample=False)
+        assert torch.equal(out, plain.generate(ids, max_new_tokens=6, do_sample=False))
+        caches.append(model._expertcache_kv[0])
+    assert caches[0] is caches[1] is caches[2]
+    assert empty_cache(model, CACHE_STEP + 1) is not caches[0]  # a longer request gets a larger one, once
+    assert empty_cache(model, CACHE_STEP) is model._expertcache_kv[0]
