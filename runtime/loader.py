@@ -16,9 +16,9 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from expertcache.errors import ConfigError
 from expertcache.runtime.attention import keep_attention_steady
+from expertcache.runtime.experts import ExpertLayout, find_experts_modules
 from expertcache.runtime.graphs import route_decode_through_graphs
 from expertcache.runtime.kv import reuse_one_cache
-from expertcache.runtime.experts import ExpertLayout, find_experts_modules
 from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExperts, register
 from expertcache.runtime.pinned import host_rows
 from expertcache.simulator.config import CacheConfig
