@@ -3,9 +3,10 @@
 ``generate`` makes a new cache for each call, and the CUDA graphs of a decode step
 (``runtime.graphs``) hold the addresses of the cache they were captured with: every request
 captured again in its first decode step, 4–10 ms a layer on the lent H100, inside the timed
-decode. An attached model keeps one static cache instead, sized in steps of ``CACHE_STEP``
-tokens (a longer request gets a larger one, once), so its graphs are captured once: in the
-first request, or in whatever untimed warm-up comes first (a bench's, calibration's). A caller
+decode. An attached model keeps one static cache instead (one per inference mode), sized in
+steps of ``CACHE_STEP`` tokens (a longer request gets a larger one, once), so its graphs are
+captured once: in the first request, or in whatever untimed warm-up comes first (a bench's,
+calibration's). A caller
 that passes its own cache, decodes a batch, or gives no ``max_new_tokens`` (so the length is not
 known up front) gets ``generate`` untouched.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import functools
 import math
 
+import torch
 from torch import nn
 from transformers import StaticCache
 
@@ -24,12 +26,17 @@ on the GPU a few MB a layer for 1,024 tokens, far below a decode layer's time.""
 
 
 def empty_cache(model: nn.Module, tokens: int) -> StaticCache:
-    """The model's reused cache, emptied, holding at least ``tokens``; a larger one if it holds fewer."""
-    cache, holds = getattr(model, "_expertcache_kv", (None, 0))
+    """The model's reused cache, emptied, holding at least ``tokens``; a larger one if it holds fewer.
+
+    One per inference mode: tensors made under ``torch.inference_mode`` (calibration, the bench)
+    may not be written outside it (a plain ``generate``)."""
+    caches = model.__dict__.setdefault("_expertcache_kv", {})
+    mode = torch.is_inference_mode_enabled()
+    cache, holds = caches.get(mode, (None, 0))
     if cache is None or holds < tokens:
         holds = CACHE_STEP * math.ceil(tokens / CACHE_STEP)
         cache = StaticCache(config=model.config, max_cache_len=holds)
-        model._expertcache_kv = cache, holds
+        caches[mode] = cache, holds
     cache.reset()
     return cache
 

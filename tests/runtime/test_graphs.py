@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, StaticCache
 
+from expertcache.runtime.calibrate import calibrate
 from expertcache.runtime.graphs import DecodeGraphs
 from expertcache.runtime.kv import CACHE_STEP, empty_cache
 from expertcache.runtime.loader import load
@@ -41,7 +42,19 @@ def test_every_request_decodes_into_one_reused_cache(model_dirs):
         model.expertcache.begin_request(length)
         out = model.generate(ids, max_new_tokens=6, do_sample=False)
         assert torch.equal(out, plain.generate(ids, max_new_tokens=6, do_sample=False))
-        caches.append(model._expertcache_kv[0])
+        caches.append(model._expertcache_kv[False][0])  # made outside inference mode, as generate runs
     assert caches[0] is caches[1] is caches[2]
     assert empty_cache(model, CACHE_STEP + 1) is not caches[0]  # a longer request gets a larger one, once
-    assert empty_cache(model, CACHE_STEP) is model._expertcache_kv[0]
+    assert empty_cache(model, CACHE_STEP) is model._expertcache_kv[False][0]
+
+
+def test_a_cache_made_in_inference_mode_is_not_written_outside_it(model_dirs):
+    """Calibration decodes under inference mode; a plain generate after it must not reuse its cache."""
+    model_dir = model_dirs("mixtral")
+    model = load(model_dir, config=CacheConfig(sets=1, ways=2, policy="lru"), device="cpu", profile="h100")
+    calibrate(model, threads=[1], repeats=1)
+    ids = torch.tensor([[5, 17, 42, 7]])
+    model.expertcache.begin_request(0)
+    out = model.generate(ids, max_new_tokens=6, do_sample=False)
+    assert torch.equal(out, AutoModelForCausalLM.from_pretrained(model_dir).generate(ids, max_new_tokens=6, do_sample=False))
+    assert set(model._expertcache_kv) == {True, False}
