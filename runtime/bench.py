@@ -213,6 +213,11 @@ def run_accelerate(model, host: dict, setup: BenchSetup) -> dict:
     }  # fmt: skip
 
 
+def _by_round(values: list[str]) -> str:
+    """" (first, second, ...)" for more than one round's values, else nothing."""
+    return f" ({', '.join(values)})" if len(values) > 1 else ""
+
+
 def _median_run(runs: list[dict]) -> dict:
     """The run with the median decode speed (the lower one of an even count), with every run's speed."""
     ordered = sorted(runs, key=lambda row: row["decode_tokens_per_s"])
@@ -255,7 +260,9 @@ def _layer_cell(layers: dict | None) -> str:
 
 def format_table(rows: list[dict]) -> str:
     """Markdown: each system's numbers and expertcache's speed over it, measured and predicted.
-    Systems timed from outside (accelerate) have no cache, recorded run or prediction: "–"."""
+    Systems timed from outside (accelerate) have no cache, recorded run or prediction: "–".
+    With several rounds, each round's speed and ratio follow in parentheses: on a host whose CPU
+    drifts during the bench, rounds can disagree on which goals hold."""
     ours = next((r for r in rows if r["system"] == "expertcache"), None)
     lines = [
         "| system | slots | prefill s | decode tok/s | hit rate | roofline tok/s | of roofline | expertcache is "
@@ -264,8 +271,12 @@ def format_table(rows: list[dict]) -> str:
     ]
     for r in rows:
         ratio = desktop_ratio = "–"
+        speed = f"{r['decode_tokens_per_s']:.2f}" + _by_round([f"{v:.2f}" for v in r.get("decode_tokens_per_s_runs", [])])
         if ours is not None and r is not ours:
             ratio = f"{ours['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}×"
+            ours_runs, its_runs = ours.get("decode_tokens_per_s_runs", []), r.get("decode_tokens_per_s_runs", [])
+            if len(ours_runs) == len(its_runs):
+                ratio += _by_round([f"{a / b:.2f}×" for a, b in zip(ours_runs, its_runs)])
             if "desktop_tokens_per_s" in r:
                 desktop_ratio = f"{ours['desktop_tokens_per_s'] / r['desktop_tokens_per_s']:.2f}×"
         if r["placement"] == "accelerate":
@@ -276,7 +287,7 @@ def format_table(rows: list[dict]) -> str:
             slots = f"{r['sets']} × {r['ways']} {r['policy'] if r['placement'] in ('cache', 'fetch') else ''}".strip()
         simulated = "roofline_tokens_per_s" in r
         cells = [
-            r["system"], slots, f"{r['prefill_s']:.2f}", f"{r['decode_tokens_per_s']:.2f}",
+            r["system"], slots, f"{r['prefill_s']:.2f}", speed,
             f"{r['hit_rate']:.1%}" if simulated else "–",
             f"{r['roofline_tokens_per_s']:.2f}" if simulated else "–",
             f"{r['decode_tokens_per_s'] / r['roofline_tokens_per_s']:.0%}" if simulated else "–",

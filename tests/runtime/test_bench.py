@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,9 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
         assert len(row["decode_tokens_per_s_runs"]) == 2 and row["decode_tokens_per_s"] == min(row["decode_tokens_per_s_runs"])
         assert row["copies_after_last_pass_s"] >= 0.0  # reported beside the decode time it is not part of
     assert "round 2 of 2" in result.stderr
+    # each round's speed, and expertcache's ratio over each peer in it, beside the row's
+    assert re.search(r"\| fetch \| [^|]+ \| [^|]+ \| \d+\.\d\d \(\d+\.\d\d, \d+\.\d\d\) \|", result.stdout)
+    assert re.search(r"\| \d+\.\d\d× \(\d+\.\d\d×, \d+\.\d\d×\) \|", result.stdout)
     # each system's decode layers, by how their misses ran, against the miss rule's plan
     kinds = {system: row["measured"]["layers_by_kind"] for system, row in rows.items()}
     assert set(kinds["cpu"]) == {"cpu"} and set(kinds["gpu"]) == {"hits"} and "cpu" not in kinds["fetch"]
