@@ -281,7 +281,7 @@ def _model_options(command):
     return command
 
 
-def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code, enforce_eager=False):
+def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budget, device, profile_name, max_tokens, trust_remote_code, enforce_eager):
     import torch
 
     from expertcache.errors import ConfigError
@@ -457,8 +457,9 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
 @click.option("--repeats", type=COUNT, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s.")
 @click.option("--trust-remote-code", is_flag=True)
+@click.option("--enforce-eager", is_flag=True, help="Time the layers decoding without CUDA graphs, for runs with --enforce-eager.")
 @click.option("--out", "out_path", type=OutputPath(), default="profile.json", show_default=True)
-def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeats, trust_remote_code, out_path) -> None:
+def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeats, trust_remote_code, enforce_eager, out_path) -> None:
     """Measure this machine's cost profile for a model's expert shape: copy bandwidth, CPU and GPU
     expert times, time per layer outside experts, and how much GPU work the host's next layer
     hides. `sweep --profile` then predicts for this machine."""
@@ -478,7 +479,7 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
     model, host, top_k = _model_and_experts(model_path, shape, layers, device, trust_remote_code=trust_remote_code, gpu_budget=budget,
                                             max_tokens=LONGEST_SEQUENCE)  # fmt: skip
     config = CacheConfig(sets=1, ways=top_k, policy="lru")
-    model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k)
+    model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k, cuda_graphs=not enforce_eager)
     profile = measure(model, name=Path(out_path).stem, threads=thread_list, repeats=repeats, progress=lambda m: click.echo(f"measuring {m}", err=True))
     profile.to_json(out_path)
     click.echo(f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) " + ", ".join(f"{t} threads {row[1]:.2f} ms" for t, row in profile.cpu_expert_ms.items()))
@@ -500,8 +501,9 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure and sweep. [default: 1, 2, 4, ... all cores]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code.")
+@click.option("--enforce-eager", is_flag=True, help="Record and calibrate decoding without CUDA graphs, for runs with --enforce-eager.")
 @click.option("--out-dir", default="tuned", show_default=True, type=OutputPath(directory=True), help="Where trace.parquet, profile.json and best-config.json go.")
-def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thread_list, device, trust_remote_code, out_dir) -> None:
+def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thread_list, device, trust_remote_code, enforce_eager, out_dir) -> None:
     """Record a short trace, calibrate this machine and sweep, in one command: the configuration
     for `expertcache run --config OUT_DIR/best-config.json`.
 
@@ -517,7 +519,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 
     prompts = read_prompts(prompt, prompt_file, n_prompts)
     out = Path(out_dir)
-    model = _load_for_cli(model_path, None, None, None, None, None, gpu_budget, device, None, max_tokens, trust_remote_code)
+    model = _load_for_cli(model_path, None, None, None, None, None, gpu_budget, device, None, max_tokens, trust_remote_code, enforce_eager)
     runtime = model.expertcache
 
     click.echo(f"recording {len(prompts)} prompt(s) x {max_tokens} tokens", err=True)

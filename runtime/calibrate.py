@@ -186,7 +186,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         split_launch_ms=split_launch_ms,
         dense_overlap_ms=dense_overlap_ms,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
-        f"{os.cpu_count()} cores, in {time.perf_counter() - started:.0f} s; dense_ms holds all time per layer outside expert work (dispatch included)",
+        f"{os.cpu_count()} cores, in {time.perf_counter() - started:.0f} s; dense_ms holds all time per layer outside expert work (dispatch included), "
+        f"decoding {'from CUDA graphs' if runtime.graphs is not None else 'eagerly'}",
     )
 
 
