@@ -4,8 +4,8 @@ A decode step's work outside the experts is some fifty small kernels a layer, ea
 Python. On the lent H100 that host work set the pace, not the GPU: an all-hit Mixtral layer took
 1.9–2.5 ms, 1.1–1.4 of it outside the experts function, and replayed from graphs that part took
 0.4–0.5 ms (``benchmarks/decode_graphs_gpu.py``); eagerly its speed also moved with the host's
-state between runs (``benchmarks/dense_spread_gpu.py``). A CUDA graph launches a captured sequence of
-kernels at once. The experts cannot be captured: each layer's routing decides on the host what
+state between runs (``benchmarks/dense_spread_gpu.py``). A CUDA graph launches a captured
+sequence of kernels at once. The experts cannot be captured: each layer's routing decides on the host what
 runs where. So each decoder layer's decode step is captured as segments that end where the
 layer calls its experts, and replayed with ``CachedExperts.forward`` running the experts eagerly
 in between, exactly as in an eager pass.
@@ -15,9 +15,8 @@ mask) may read positions on the host, which a graph would freeze (Phi-3.5-MoE pi
 scale from the sequence length). A graph also needs its tensors in place and its shapes fixed,
 which a static key-value cache gives (``runtime.kv`` keeps one per model for generate); a
 layer's call with any other cache (sliding-window layers included), or more than one token,
-runs eagerly.
-Replay runs the same kernels on the same data as an eager layer with that cache, so the tokens
-do not change.
+runs eagerly. Replay runs the same kernels on the same data as an eager layer with that cache,
+so the tokens do not change.
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ captured again in its first decode step, 4–10 ms a layer on the lent H100, ins
 decode. An attached model keeps one static cache instead (one per inference mode), sized in
 steps of ``CACHE_STEP`` tokens (a longer request gets a larger one, once), so its graphs are
 captured once: in the first request, or in whatever untimed warm-up comes first (a bench's,
-calibration's). A caller
-that passes its own cache, decodes a batch, or gives no ``max_new_tokens`` (so the length is not
-known up front) gets ``generate`` untouched.
+calibration's). A caller that passes its own cache, decodes a batch, or gives no
+``max_new_tokens`` (so the length is not known up front) gets ``generate`` untouched.
 """
 
 from __future__ import annotations
