@@ -1,6 +1,6 @@
 """Which key-value caches CUDA graphs may serve (``runtime.graphs``), and the one cache generate
-reuses for them (``runtime.kv``); replay itself needs a GPU, where ``test_equality`` checks its
-tokens with ``EXPERTCACHE_TEST_DEVICE=cuda``."""
+reuses for them (``runtime.kv``). Replay itself needs a GPU: with ``EXPERTCACHE_TEST_DEVICE=cuda``
+the reuse test here and ``test_equality`` check its captures and its tokens."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from expertcache.runtime.graphs import DecodeGraphs
 from expertcache.runtime.kv import CACHE_STEP, empty_cache
 from expertcache.runtime.loader import load
 from expertcache.simulator.config import CacheConfig
+from test_equality import DEVICE
 
 
 def test_only_plain_static_caches_holding_a_prompt_are_served(model_dirs):
@@ -30,20 +31,24 @@ def test_only_plain_static_caches_holding_a_prompt_are_served(model_dirs):
 
 
 def test_every_request_decodes_into_one_reused_cache(model_dirs):
-    """generate empties and reuses the model's one static cache (so graphs captured for it stay
-    valid), and the tokens stay plain transformers' for every request."""
+    """generate empties and reuses the model's one static cache, so the graphs captured for it
+    in the first request serve the next ones, and the tokens stay plain transformers' for every
+    request (on a GPU too: ``EXPERTCACHE_TEST_DEVICE=cuda``)."""
     model_dir = model_dirs("mixtral")
-    plain = AutoModelForCausalLM.from_pretrained(model_dir)
-    model = load(model_dir, config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+    plain = AutoModelForCausalLM.from_pretrained(model_dir).to(DEVICE)
+    model = load(model_dir, config=CacheConfig(sets=2, ways=2, policy="lru"), device=DEVICE,
+                 gpu_budget=2**30 if DEVICE == "cuda" else None)  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     caches = []
     for length in (5, 9, 5):
-        ids = torch.randint(0, plain.config.vocab_size, (1, length), generator=generator)
+        ids = torch.randint(0, plain.config.vocab_size, (1, length), generator=generator).to(DEVICE)
         model.expertcache.begin_request(length)
         out = model.generate(ids, max_new_tokens=6, do_sample=False)
         assert torch.equal(out, plain.generate(ids, max_new_tokens=6, do_sample=False))
         caches.append(model._expertcache_kv[False][0])  # made outside inference mode, as generate runs
     assert caches[0] is caches[1] is caches[2]
+    if DEVICE == "cuda":  # each layer captured in the first request only
+        assert model.expertcache.graphs.captures == model.config.num_hidden_layers
     assert empty_cache(model, CACHE_STEP + 1) is not caches[0]  # a longer request gets a larger one, once
     assert empty_cache(model, CACHE_STEP) is model._expertcache_kv[False][0]
 
