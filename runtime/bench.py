@@ -241,8 +241,9 @@ def format_layer_times(rows: list[dict]) -> str:
 
 def dense_drift(rows: list[dict]) -> str | None:
     """A line for when every system's all-hit layers together (32 at least) ran more than
-    ``DRIFT_NOTED`` from their price: the time outside experts moved after calibration, and every
-    prediction carries the difference. None otherwise."""
+    ``DRIFT_NOTED`` from their price: the runs' time outside experts differs from calibration's
+    (the host's state moved, or the runs do work its all-hit pass does not), and every prediction
+    carries the difference. None otherwise."""
     hits = sum(
         (LayerTimes(**r["measured"]["layers_by_kind"]["hits"]) for r in rows if "hits" in r.get("measured", {}).get("layers_by_kind", {})),
         LayerTimes(),
@@ -251,7 +252,7 @@ def dense_drift(rows: list[dict]) -> str | None:
         return None
     measured, priced = 1e3 * hits.wall_s / hits.layers, 1e3 * hits.planned_s / hits.layers
     return (f"all-hit layers ran {measured:.2f} ms against {priced:.2f} priced ({hits.wall_s / hits.planned_s - 1:+.0%}): the time outside "
-            "experts moved after calibration, and every prediction above carries the difference")  # fmt: skip
+            "experts in these runs differs from calibration's, and every prediction above carries the difference")  # fmt: skip
 
 
 def _layer_cell(layers: dict | None) -> str:
