@@ -211,7 +211,8 @@ class CachedExperts:
         self, module: nn.Module, layer: int, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor,
         out: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The layer's experts' weighted sum for ``hidden``, into ``out`` when given."""
+        """The layer's experts' weighted sum for ``hidden``, into ``out`` when given. While the
+        model's decode graphs capture a layer, nothing runs: the capture is cut here (``runtime.graphs``)."""
         if self.graphs is not None and self.graphs.capturing:
             return self.graphs.cut(module, layer, hidden, top_k_index, top_k_weights)
         tokens, top_k = top_k_index.shape
