@@ -88,6 +88,13 @@ def find_experts_modules(model: nn.Module) -> list[tuple[int, str, nn.Module]]:
     return sorted(found, key=lambda item: item[0])
 
 
+def decoder_layers_name(experts_name: str) -> str:
+    """The qualified name of the list that holds the decoder layer of the experts module named
+    ``experts_name`` (as ``find_experts_modules`` names it): "model.layers" for
+    "model.layers.3.mlp.experts"."""
+    return experts_name[: _LAYER_IN_NAME.search(experts_name).start(1) - 1]
+
+
 def _linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, transposed: bool) -> torch.Tensor:
     out = x @ weight if transposed else nn.functional.linear(x, weight)
     return out + bias if bias is not None else out

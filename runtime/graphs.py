@@ -22,7 +22,6 @@ so the tokens do not change.
 from __future__ import annotations
 
 import functools
-import re
 import time
 import warnings
 import weakref
@@ -32,6 +31,8 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_unflatten
 from transformers.cache_utils import StaticLayer
+
+from expertcache.runtime.experts import decoder_layers_name
 
 
 @dataclass
@@ -185,9 +186,6 @@ class DecodeGraphs:
         return capture.output
 
 
-_DECODER_LAYER = re.compile(r"^(.*?)\.(\d+)\.")
-
-
 def route_decode_through_graphs(model: nn.Module, experts_names: list[str]) -> DecodeGraphs | None:
     """The model's ``DecodeGraphs``, made on the first call: from then on each decoder layer's
     calls go through it while the attached runtime has it (``model.expertcache.graphs``). One per
@@ -196,8 +194,7 @@ def route_decode_through_graphs(model: nn.Module, experts_names: list[str]) -> D
     with the dense ones among them; None when there is no such list (decode stays eager)."""
     if hasattr(model, "_expertcache_graphs"):
         return model._expertcache_graphs
-    match = _DECODER_LAYER.match(experts_names[0])
-    layers = model.get_submodule(match.group(1)) if match else None
+    layers = model.get_submodule(decoder_layers_name(experts_names[0]))
     model._expertcache_graphs = DecodeGraphs() if isinstance(layers, nn.ModuleList) else None
     if model._expertcache_graphs is None:
         return None
