@@ -82,10 +82,10 @@ class DecodeGraphs:
     def layer_forward(self, layer: nn.Module, eager, experts, args: tuple, kwargs: dict):
         """One call of a decoder layer: replayed when it is a decode step of a static cache, else
         eager. ``experts`` is the runtime's ``forward``, which runs the experts between segments."""
-        leaves, spec = tree_flatten((args, kwargs))
-        key = None if self.failed else self._key(args, kwargs, leaves, spec)
-        if key is None:
+        keyed = None if self.failed else self._key(args, kwargs)
+        if keyed is None:
             return eager(*args, **kwargs)
+        key, leaves, spec = keyed
         capture = self.layers.get(id(layer))
         if capture is None or capture.key != key:
             if capture is not None:  # a new cache or new shapes: every layer captures again, in a new pool
@@ -106,21 +106,22 @@ class DecodeGraphs:
         self._open.capture_begin(pool=self._pool)
         return out
 
-    def _key(self, args: tuple, kwargs: dict, leaves: list, spec) -> tuple | None:
-        """What a capture holds fixed (the cache's tensors, the arguments' shapes and values), or
-        None for a call that is not one decode step of a static cache."""
+    def _key(self, args: tuple, kwargs: dict) -> tuple[tuple, list, object] | None:
+        """What a capture holds fixed (the cache's tensors, the arguments' shapes and values), with
+        the arguments flattened; None for a call that is not one decode step of a static cache,
+        told before any flattening (prefill passes every layer through here too)."""
         hidden = args[0] if args else kwargs.get("hidden_states")
-        cache = kwargs.get("past_key_values")
         if not torch.is_tensor(hidden) or hidden.device.type != "cuda" or hidden.shape[:-1] != (1, 1):
             return None
-        held = self._tensors_of(cache)
+        held = self._tensors_of(kwargs.get("past_key_values"))
         if held is None or torch.is_grad_enabled():
             return None
+        leaves, spec = tree_flatten((args, kwargs))
         shapes = tuple(
             (tuple(leaf.shape), leaf.dtype) if torch.is_tensor(leaf) else leaf if isinstance(leaf, (bool, int, float, str, type(None))) else type(leaf)
             for leaf in leaves
         )  # fmt: skip
-        return held, spec, shapes, torch.is_inference_mode_enabled()
+        return (held, spec, shapes, torch.is_inference_mode_enabled()), leaves, spec
 
     def _tensors_of(self, cache) -> tuple | None:
         """The addresses of the cache's tensors, or None for a cache that graphs cannot serve.
