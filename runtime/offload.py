@@ -108,6 +108,10 @@ class CachedExperts:
         self._next_staging = 0
         slots = 0 if placement == "cpu" else config.slots + staging
         self.pool = SlotPool(slots, layout.numel, layout.dtype, device)
+        # each slot's and each host expert's parameter views, made once: a layer reads them per expert
+        self._slot_views = [layout.views(self.pool.buffer[s]) for s in range(slots)]
+        self._host_views = {layer: [layout.views(row) for row in rows] for layer, rows in host.items()}
+        self._zero_rows: dict[int, torch.Tensor] = {}
         if isinstance(self.cache, StaticPlacement):
             for layer in self.moe_layers:
                 first = int(self.cache.first_slot[layer])
@@ -218,7 +222,7 @@ class CachedExperts:
         tokens, top_k = top_k_index.shape
         if layer == self.moe_layers[0]:
             self._begin_pass(tokens)
-        index, weights, top_k_weights = self._routing_of(layer, tokens, top_k_index, top_k_weights)
+        index, weights = self._routing_of(layer, tokens, top_k_index, top_k_weights)
         routed_at = time.perf_counter()
         if self._layers:  # the previous MoE layer of this pass ends where this one's routing is known
             previous = self._layers[-1]
@@ -238,14 +242,14 @@ class CachedExperts:
         record.kind, record.expert_s, record.host_free_s = plan.kind, plan.expert_s, plan.host_free_s
         # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
         hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
-        rows = torch.from_numpy(plan.rows).to(hidden.device, non_blocking=True)
-        token_rows, rank_rows = rows % tokens, rows // tokens
-        cpu_rows = plan.rows % tokens  # the same rows, on the host for the CPU's share
+        rows = LayerRows.of(hidden, hidden_cpu, plan.rows % tokens)
+        # each row's router weight, in the dtype the router gave it, gathered on the host (one copy, no kernels)
+        row_weights = torch.from_numpy(weights.T.reshape(-1)[plan.rows]).to(top_k_weights.dtype).to(hidden.device, non_blocking=True)
         outputs: dict[int, torch.Tensor] = {}
-        self._run_on_gpu(module, record, hidden, token_rows, plan.resident, outputs)
-        self._run_on_gpu(module, record, hidden, token_rows, plan.fetched, outputs, copy_first=True)
+        self._run_on_gpu(module, record, rows, plan.resident, outputs)
+        self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True)
         for job in plan.split:
-            self._run_split(module, record, hidden, hidden_cpu, token_rows, cpu_rows, job, outputs)
+            self._run_split(module, record, rows, job, outputs)
         for s, expert in plan.background:
             self.pool.fill(s, self.host[layer][expert])
         staged = sum(1 for job in plan.fetched if job.slot >= self.config.slots)
@@ -255,21 +259,28 @@ class CachedExperts:
         self.stats.cpu_experts += len(plan.on_cpu)
         self.stats.split += len(plan.split)
         self.stats.copies += sum(1 for job in plan.split if job.slot < self.config.slots)
-        self._run_on_cpu(module, record, hidden_cpu, cpu_rows, plan.on_cpu, outputs)
+        self._run_on_cpu(module, record, rows, plan.on_cpu, outputs)
 
         # one weighted sum, experts in ascending order as eager adds them
         weighted = torch.cat([outputs[expert] for expert in sorted(outputs)])
         if getattr(module, "has_post_expert_norm", False):
             weighted = module.post_expert_norm(weighted)
-        weighted = weighted * top_k_weights[token_rows, rank_rows, None]
-        final = (torch.zeros_like(hidden) if out is None else out.zero_()).index_add_(0, token_rows, weighted.to(hidden.dtype))
+        weighted = weighted * row_weights[:, None]
+        target = torch.zeros_like(hidden) if out is None else out.zero_()
+        final = target.index_add_(0, rows.token_rows if tokens > 1 else self._zeros(len(plan.rows)), weighted.to(hidden.dtype))
         record.host_s = time.perf_counter() - routed_at
         return final
 
-    def _routing_of(
-        self, layer: int, tokens: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
-        """The layer's experts and router weights on the host, and the weights its output applies.
+    def _zeros(self, count: int) -> torch.Tensor:
+        """``count`` zeros on the device, made once: a one-token layer's rows all add into row 0."""
+        zeros = self._zero_rows.get(count)
+        if zeros is None:
+            zeros = self._zero_rows[count] = torch.zeros(count, dtype=torch.long, device=self.device)
+        return zeros
+
+    def _routing_of(self, layer: int, tokens: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The layer's experts and the router weights its output applies, on the host (the weights
+        as float32, which holds the router's bf16 or fp16 values exactly).
 
         Forced routing still waits for the router's own choice and throws it away: that wait is
         what every real layer pays, and without it the host would queue layers without CPU work
@@ -278,11 +289,11 @@ class CachedExperts:
         # the one wait for the GPU in a layer: the routing must be known here
         index, weights = top_k_index.cpu().numpy(), top_k_weights.detach().float().cpu().numpy()
         if self.routing is None:
-            return index, weights, top_k_weights
+            return index, weights
         forced_index, forced_weights = self.routing(layer, self.step, tokens)
+        # rounded to the router's dtype, as a real router's weights are
         applied = torch.from_numpy(np.ascontiguousarray(forced_weights, dtype=np.float32)).to(top_k_weights.dtype).view(tokens, -1)
-        index = np.asarray(forced_index, dtype=np.int64).reshape(tokens, -1)
-        return index, applied.float().numpy(), applied.to(top_k_weights.device, non_blocking=True)
+        return np.asarray(forced_index, dtype=np.int64).reshape(tokens, -1), applied.float().numpy()
 
     def _plan(self, index: np.ndarray, hit: np.ndarray, slot: np.ndarray) -> "LayerPlan":
         """Which experts run from their slots, which are copied and run on the GPU, which run on
@@ -290,19 +301,20 @@ class CachedExperts:
         slots are refilled behind them."""
         by_rank = index.T.reshape(-1)  # rank-major: the row order eager's torch.where gives
         rows = np.argsort(by_rank, kind="stable")
-        experts, starts = np.unique(by_rank[rows], return_index=True)
-        ends = np.r_[starts[1:], len(rows)]
-        flat = index.reshape(-1)
-        first = dict(zip(*(a.tolist() for a in np.unique(flat, return_index=True))))  # in execution order
+        # plain Python from here: a decode layer has top_k accesses, too few for numpy's calls to pay
+        flat, hits, slots = index.reshape(-1).tolist(), hit.tolist(), slot.tolist()
+        first: dict[int, int] = {}  # each expert's first access, in execution order
+        for i, expert in enumerate(flat):
+            first.setdefault(expert, i)
         # every slot written during this layer is filled once, with the last expert put there
-        last_in_slot = {int(slot[i]): int(flat[i]) for i in np.flatnonzero(~hit & (slot >= 0))}
+        last_in_slot = {slots[i]: expert for i, expert in enumerate(flat) if not hits[i] and slots[i] >= 0}
         kept = {expert: s for s, expert in last_in_slot.items()}
         plan = LayerPlan(rows=rows)
         missed = []
-        for expert, start, end in zip(experts.tolist(), starts.tolist(), ends.tolist()):
+        for expert, start, end in _runs(by_rank[rows].tolist()):
             i = first[expert]
-            if hit[i]:
-                plan.resident.append(ExpertJob(expert, int(slot[i]), start, end))
+            if hits[i]:
+                plan.resident.append(ExpertJob(expert, slots[i], start, end))
             else:
                 missed.append(ExpertJob(expert, kept.get(expert, -1), start, end))
         shares, plan.host_free_s, plan.expert_s = self._place(plan.resident, missed)
@@ -336,24 +348,23 @@ class CachedExperts:
         self._link_free_at = now + link_free
         return gpu_share.tolist(), cpu_end, max(gpu_end, cpu_end)
 
-    def _run_on_gpu(
-        self, module, record: LayerPass, hidden, token_rows, jobs: list["ExpertJob"], outputs, copy_first: bool = False
-    ) -> None:
+    def _run_on_gpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool = False) -> None:
         """Queue ``jobs`` on the GPU; with ``copy_first`` each one's copy is started just before
         its kernels, so a staging slot is refilled only after the kernels reading it are queued."""
         if jobs:
-            self._timed_on_gpu(record, lambda: self._queue_jobs(module, record, hidden, token_rows, jobs, outputs, copy_first))
+            self._timed_on_gpu(record, lambda: self._queue_jobs(module, record, rows, jobs, outputs, copy_first))
 
-    def _queue_jobs(self, module, record: LayerPass, hidden, token_rows, jobs: list["ExpertJob"], outputs, copy_first: bool) -> None:
+    def _queue_jobs(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool) -> None:
         for job in jobs:
             if copy_first:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
-            outputs[job.expert] = self.queue_gpu_expert(module, hidden[token_rows[job.start : job.end]], job.slot, record.wait_events)
+            outputs[job.expert] = self.queue_gpu_expert(module, rows.on_gpu(job), job.slot, record.wait_events)
 
     def queue_gpu_expert(self, module: nn.Module, rows: torch.Tensor, slot: int, waits: list | None = None) -> torch.Tensor:
         """The expert in ``slot`` applied to ``rows``, queued on the GPU after its copy lands
         (``SlotPool.acquire``); what calibration times as the host's cost of one GPU expert."""
-        out = expert_ffn(module, rows, self.layout.views(self.pool.acquire(slot, waits)))
+        self.pool.acquire(slot, waits)
+        out = expert_ffn(module, rows, self._slot_views[slot])
         self.pool.release(slot)
         return out
 
@@ -366,13 +377,10 @@ class CachedExperts:
         the host's cost of a split besides them."""
         record = LayerPass(layer, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0, dtype=bool), np.zeros(0))
         job = ExpertJob(expert, slot, 0, len(rows), gpu_share)
-        positions = torch.arange(len(rows), device=self.device)
-        self._run_split(module, record, rows, rows_on_host, positions, np.arange(len(rows)), job, {})
+        self._run_split(module, record, LayerRows.of(rows, rows_on_host, np.arange(len(rows))), job, {})
         return record.cpu_s
 
-    def _run_split(
-        self, module, record: LayerPass, hidden, hidden_cpu, token_rows, cpu_rows: np.ndarray, job: "ExpertJob", outputs
-    ) -> None:
+    def _run_split(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", outputs) -> None:
         """One miss shared between the two sides (``runtime.split``): the GPU's slices are copied
         first (then the CPU's when the cache keeps the expert); the CPU computes its units while
         they travel; the GPU computes its units once they land and the output projection once
@@ -384,18 +392,18 @@ class CachedExperts:
         down_landed = self.pool.fill(job.slot, host_row, cut.down_ranges(self.layout))
         if job.slot < self.config.slots:  # kept: the rest follows, behind what the GPU waits for
             self.pool.fill(job.slot, host_row, cut.unit_ranges(self.layout, on_gpu=False))
+        weights = self._slot_views[job.slot]
         parts = []
         if gpu_units:
-            weights = self.layout.views(self.pool.acquire(job.slot, record.wait_events, units_landed))
-            rows = hidden[token_rows[job.start : job.end]]
-            parts.append(self._timed_on_gpu(record, lambda: units_out(module, rows, weights, 0, cut.units)))
+            self.pool.acquire(job.slot, record.wait_events, units_landed)
+            on_gpu = rows.on_gpu(job)
+            parts.append(self._timed_on_gpu(record, lambda: units_out(module, on_gpu, weights, 0, cut.units)))
         started = time.perf_counter()
-        on_host = hidden_cpu[torch.from_numpy(cpu_rows[job.start : job.end])]
-        units_cpu = units_out(module, on_host, self.layout.views(host_row), cut.units, cut.intermediate)
+        units_cpu = units_out(module, rows.on_cpu(job), self._host_views[record.layer][job.expert], cut.units, cut.intermediate)
         record.cpu_s += time.perf_counter() - started
         parts.append(self._to_device(record, units_cpu))
-        down = self.layout.views(self.pool.acquire(job.slot, record.wait_events, down_landed))["down_proj"]
-        outputs[job.expert] = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), down))
+        self.pool.acquire(job.slot, record.wait_events, down_landed)
+        outputs[job.expert] = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"]))
         self.pool.release(job.slot)
 
     def _timed_on_gpu(self, record: LayerPass, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
@@ -412,11 +420,10 @@ class CachedExperts:
         record.gpu_events.append((start, end))
         return out
 
-    def _run_on_cpu(self, module, record: LayerPass, hidden_cpu, token_rows: np.ndarray, jobs: list["ExpertJob"], outputs) -> None:
+    def _run_on_cpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs) -> None:
         for job in jobs:
             started = time.perf_counter()
-            weights = self.layout.views(self.host[record.layer][job.expert])
-            out = expert_ffn(module, hidden_cpu[torch.from_numpy(token_rows[job.start : job.end])], weights)
+            out = expert_ffn(module, rows.on_cpu(job), self._host_views[record.layer][job.expert])
             record.cpu_s += time.perf_counter() - started
             outputs[job.expert] = self._to_device(record, out)
 
@@ -466,6 +473,41 @@ class LayerPlan:
         if self.fetched and self.on_cpu:
             return "hybrid"
         return "cpu" if self.on_cpu else "gpu" if self.fetched else "hits"
+
+
+@dataclass
+class LayerRows:
+    """Each job's input rows (``LayerPlan.rows[job.start:job.end]``), on the GPU and on the host.
+    A one-token layer, every decode step's, gathers nothing: each of its experts takes that row."""
+
+    hidden: torch.Tensor
+    hidden_cpu: torch.Tensor | None  # the host copy, when the layer computes on the CPU
+    token_of_row: np.ndarray  # the token of each of LayerPlan.rows
+    token_rows: torch.Tensor | None  # the same on the device; None for one token
+
+    @classmethod
+    def of(cls, hidden: torch.Tensor, hidden_cpu: torch.Tensor | None, token_of_row: np.ndarray) -> "LayerRows":
+        on_device = None if len(hidden) == 1 else torch.from_numpy(token_of_row).to(hidden.device, non_blocking=True)
+        return cls(hidden, hidden_cpu, token_of_row, on_device)
+
+    def on_gpu(self, job: ExpertJob) -> torch.Tensor:
+        return self.hidden if self.token_rows is None else self.hidden[self.token_rows[job.start : job.end]]
+
+    def on_cpu(self, job: ExpertJob) -> torch.Tensor:
+        if self.token_rows is None:
+            return self.hidden_cpu
+        return self.hidden_cpu[torch.from_numpy(self.token_of_row[job.start : job.end])]
+
+
+def _runs(values: list[int]) -> list[tuple[int, int, int]]:
+    """(value, start, end) of each run of equal neighbours in ``values``."""
+    runs: list[tuple[int, int, int]] = []
+    start = 0
+    for i in range(1, len(values) + 1):
+        if i == len(values) or values[i] != values[start]:
+            runs.append((values[start], start, i))
+            start = i
+    return runs
 
 
 def expertcache_experts_forward(
