@@ -1,0 +1,83 @@
+"""Decode speed of one cache configuration on a full-size shape's first layers, routing forced from
+a trace: the probe for comparing two versions of the runtime on one machine.
+
+Run it once per version, the versions taking turns, each appending one JSON line to the same file
+(an older version is imported by putting a copy of its package first on ``PYTHONPATH``):
+
+    for round in 1 2; do
+      PYTHONPATH=old python benchmarks/decode_speed_gpu.py --trace T --label before --out speed.jsonl
+      python benchmarks/decode_speed_gpu.py --trace T --label after --out speed.jsonl
+    done
+
+Every version runs the same requests with the built-in ``h100`` profile, so the miss rule places
+misses alike and the difference is the runtime's own. ``--device cpu --layers 1 --tokens 4`` runs
+it without a GPU, as a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from expertcache.runtime.cpu_threads import keep_cpu_threads_spinning
+
+keep_cpu_threads_spinning()
+
+import torch  # noqa: E402
+
+import expertcache  # noqa: E402
+from expertcache.runtime.forced import TraceRouting  # noqa: E402
+from expertcache.runtime.loader import attach  # noqa: E402
+from expertcache.runtime.synthetic import build_full_size  # noqa: E402
+from expertcache.simulator.config import CacheConfig  # noqa: E402
+from expertcache.traces.io import read_trace  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="mixtral-8x7b")
+    parser.add_argument("--layers", type=int, default=8, help="decoder layers built")
+    parser.add_argument("--trace", required=True, help="routing forced from this trace")
+    parser.add_argument("--sets", type=int, default=16)
+    parser.add_argument("--ways", type=int, default=1)
+    parser.add_argument("--policy", default="eta")
+    parser.add_argument("--placement", default="cache")
+    parser.add_argument("--threads", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=2)
+    parser.add_argument("--tokens", type=int, default=32, help="new tokens per request")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--label", required=True, help="names this version in the output")
+    parser.add_argument("--out", required=True, help="JSON lines file to append this run's row to")
+    args = parser.parse_args()
+    model, host, top_k = build_full_size(args.shape, args.layers, device=args.device)
+    config = CacheConfig(sets=args.sets, ways=args.ways, policy=args.policy)
+    device = torch.device(args.device)
+    prompts = torch.randint(0, model.config.vocab_size, (args.requests, 16), generator=torch.Generator().manual_seed(0))
+    rows = []
+    for run in ("warm-up", "timed"):
+        attach(model, host, config, device, args.threads, None, top_k, placement=args.placement)
+        runtime = model.expertcache
+        runtime.routing = TraceRouting(read_trace(args.trace), runtime.moe_layers, runtime.num_experts, top_k)
+        started = time.perf_counter()
+        for request in range(args.requests):
+            runtime.begin_request(request)
+            with torch.inference_mode():
+                model.generate(prompts[request : request + 1].to(device), max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
+        runtime.end_pass()
+        runtime.drain()
+        stats = runtime.stats
+        rows.append({
+            "label": args.label, "run": run, "package": expertcache.__file__, "wall_s": time.perf_counter() - started,
+            "decode_tokens_per_s": stats.decode_tokens_per_s, "hit_rate": stats.hit_rate,
+            "layers_by_kind": {kind: times.describe() for kind, times in sorted(stats.layer_times.items())},
+        })  # fmt: skip
+        del model.expertcache, runtime
+    row = rows[-1]
+    print(f"{args.label}: {row['decode_tokens_per_s']:.2f} tok/s, hit rate {row['hit_rate']:.1%}; {row['layers_by_kind']}")
+    with open(args.out, "a") as f:
+        f.write(json.dumps(row | {"machine": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}) + "\n")
+
+
+if __name__ == "__main__":
+    main()
