@@ -108,9 +108,9 @@ class CachedExperts:
         self._next_staging = 0
         slots = 0 if placement == "cpu" else config.slots + staging
         self.pool = SlotPool(slots, layout.numel, layout.dtype, device)
-        # each slot's and each host expert's parameter views, made once: a layer reads them per expert
+        # each slot's parameter views, made once: a layer reads them per expert. (Not the host rows':
+        # views would keep rows alive that their owner frees, as bench's accelerate peer does.)
         self._slot_views = [layout.views(self.pool.buffer[s]) for s in range(slots)]
-        self._host_views = {layer: [layout.views(row) for row in rows] for layer, rows in host.items()}
         self._zero_rows: dict[int, torch.Tensor] = {}
         if isinstance(self.cache, StaticPlacement):
             for layer in self.moe_layers:
@@ -399,7 +399,7 @@ class CachedExperts:
             on_gpu = rows.on_gpu(job)
             parts.append(self._timed_on_gpu(record, lambda: units_out(module, on_gpu, weights, 0, cut.units)))
         started = time.perf_counter()
-        units_cpu = units_out(module, rows.on_cpu(job), self._host_views[record.layer][job.expert], cut.units, cut.intermediate)
+        units_cpu = units_out(module, rows.on_cpu(job), self.layout.views(host_row), cut.units, cut.intermediate)
         record.cpu_s += time.perf_counter() - started
         parts.append(self._to_device(record, units_cpu))
         self.pool.acquire(job.slot, record.wait_events, down_landed)
@@ -423,7 +423,7 @@ class CachedExperts:
     def _run_on_cpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs) -> None:
         for job in jobs:
             started = time.perf_counter()
-            out = expert_ffn(module, rows.on_cpu(job), self._host_views[record.layer][job.expert])
+            out = expert_ffn(module, rows.on_cpu(job), self.layout.views(self.host[record.layer][job.expert]))
             record.cpu_s += time.perf_counter() - started
             outputs[job.expert] = self._to_device(record, out)
 
