@@ -267,7 +267,8 @@ class CachedExperts:
             weighted = module.post_expert_norm(weighted)
         weighted = weighted * row_weights[:, None]
         target = torch.zeros_like(hidden) if out is None else out.zero_()
-        final = target.index_add_(0, rows.token_rows if tokens > 1 else self._zeros(len(plan.rows)), weighted.to(hidden.dtype))
+        token_rows = rows.token_rows if rows.token_rows is not None else self._zeros(len(plan.rows))
+        final = target.index_add_(0, token_rows, weighted.to(hidden.dtype))
         record.host_s = time.perf_counter() - routed_at
         return final
 
