@@ -56,7 +56,7 @@ def run(model, host, top_k, slots: int, graphs: bool, prompt: torch.Tensor, toke
         "tokens": out[0, prompt.shape[1]:].tolist(),
     }  # fmt: skip
     del model.expertcache, runtime
-    gc.collect()  # the experts modules still point at the runtime until the next attach
+    gc.collect()  # whatever refers back to the runtime: its slot pool goes before the next attach
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row

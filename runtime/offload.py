@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -136,8 +137,8 @@ class CachedExperts:
         self.recorder = None  # a runtime.record.Recorder while recording
         self.routing: Routing | None = None  # trace-forced routing, when set
         self.graphs = graphs  # the model's decode graphs (runtime.graphs); None: decode eagerly
-        for layer, module in layers:
-            module._expertcache = (self, layer)
+        for layer, module in layers:  # weakly: ``del model.expertcache`` frees the slot pool, before any next attach
+            module._expertcache = (weakref.ref(self), layer)
 
     @property
     def scratch_slot(self) -> int | None:
@@ -516,7 +517,9 @@ def expertcache_experts_forward(
 ) -> torch.Tensor:
     """The function registered as ``experts_implementation="expertcache"``."""
     runtime, layer = module._expertcache
-    return runtime.forward(module, layer, hidden_states, top_k_index, top_k_weights)
+    if runtime() is None:
+        raise RuntimeError("this model's expert cache was deleted (model.expertcache); attach one again to run it")
+    return runtime().forward(module, layer, hidden_states, top_k_index, top_k_weights)
 
 
 def register() -> None:

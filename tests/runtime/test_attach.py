@@ -3,6 +3,9 @@ backend during each pass, the process's own choice given back after it."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 
@@ -53,3 +56,13 @@ def test_attach_computes_with_the_threads_it_prices(model_dirs):
         assert torch.get_num_threads() == model.expertcache.threads == 1
     finally:
         torch.set_num_threads(saved)
+
+
+def test_deleting_the_cache_frees_it_and_a_later_pass_says_so(model_dirs):
+    model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+    runtime = weakref.ref(model.expertcache)
+    del model.expertcache
+    gc.collect()
+    assert runtime() is None  # the experts modules do not keep it (nor its slot pool) alive
+    with pytest.raises(RuntimeError, match="expert cache was deleted"), torch.inference_mode():
+        model(torch.tensor([[1, 2, 3]]))
