@@ -1,9 +1,13 @@
 """Decode speed of one cache configuration on a full-size shape's first layers, routing forced from
 a trace: the probe for comparing two versions of the runtime on one machine.
 
-Run it once per version, the versions taking turns, each appending one JSON line to the same file
-(an older version is imported by putting a copy of its package first on ``PYTHONPATH``):
+Run it once per version, the versions taking turns, each appending one JSON line to the same file.
+An older version is imported by putting a copy of its package first on ``PYTHONPATH`` (laid out as
+installed: ``expertcache/`` holding ``runtime/``, ``simulator/``, ``traces/`` and ``analysis/``):
 
+    mkdir -p old-src old/expertcache && git archive REV | tar -x -C old-src
+    cp old-src/expertcache/*.py old/expertcache/
+    for d in runtime simulator traces analysis; do cp -r old-src/$d old/expertcache/; done
     for round in 1 2; do
       PYTHONPATH=old python benchmarks/decode_speed_gpu.py --trace T --label before --out speed.jsonl
       python benchmarks/decode_speed_gpu.py --trace T --label after --out speed.jsonl
