@@ -552,7 +552,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--requests", type=COUNT, default=2, show_default=True)
 @click.option("--prompt-tokens", type=COUNT, default=16, show_default=True, help="Random prompt tokens per request.")
 @click.option("--new-tokens", type=COUNT, default=32, show_default=True, help="Greedy new tokens per request.")
-@click.option("--rounds", type=COUNT, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run.")
+@click.option("--rounds", type=COUNT, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run (of an even count, the slower middle one). Where the host's CPU speed drifts during a bench, 3 give a true median.")
 @click.option("--threads", type=COUNT, help="CPU threads for experts on the CPU. [default: all cores but one]")
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--out", "out_path", type=OutputPath(), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
