@@ -14,7 +14,7 @@ installed: ``expertcache/`` holding ``runtime/``, ``simulator/``, ``traces/`` an
     done
 
 Every version runs the same requests with the built-in ``h100`` profile, so the miss rule places
-misses alike and the difference is the runtime's own. ``--device cpu --layers 1 --tokens 4`` runs
+misses alike and the difference is the runtime's own; one request warms up first (``eta_rounds``). ``--device cpu --layers 1 --tokens 4`` runs
 it without a GPU, as a smoke test.
 """
 
@@ -31,8 +31,8 @@ keep_cpu_threads_spinning()
 import torch  # noqa: E402
 
 import expertcache  # noqa: E402
-from expertcache.runtime.forced import TraceRouting  # noqa: E402
-from expertcache.runtime.loader import attach  # noqa: E402
+from eta_rounds import run_round  # noqa: E402
+from expertcache.runtime.stats import LayerTimes  # noqa: E402
 from expertcache.runtime.synthetic import build_full_size  # noqa: E402
 from expertcache.simulator.config import CacheConfig  # noqa: E402
 from expertcache.traces.io import read_trace  # noqa: E402
@@ -55,29 +55,17 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="JSON lines file to append this run's row to")
     args = parser.parse_args()
     model, host, top_k = build_full_size(args.shape, args.layers, device=args.device)
-    config = CacheConfig(sets=args.sets, ways=args.ways, policy=args.policy)
     device = torch.device(args.device)
     prompts = torch.randint(0, model.config.vocab_size, (args.requests, 16), generator=torch.Generator().manual_seed(0))
-    rows = []
-    for run in ("warm-up", "timed"):
-        attach(model, host, config, device, args.threads, None, top_k, placement=args.placement)
-        runtime = model.expertcache
-        runtime.routing = TraceRouting(read_trace(args.trace), runtime.moe_layers, runtime.num_experts, top_k)
+    config, trace = CacheConfig(sets=args.sets, ways=args.ways, policy=args.policy), read_trace(args.trace)
+    for warm_up in (True, False):
         started = time.perf_counter()
-        for request in range(args.requests):
-            runtime.begin_request(request)
-            with torch.inference_mode():
-                model.generate(prompts[request : request + 1].to(device), max_new_tokens=args.tokens, min_new_tokens=args.tokens, do_sample=False)
-        runtime.end_pass()
-        runtime.drain()
-        stats = runtime.stats
-        rows.append({
-            "label": args.label, "run": run, "package": expertcache.__file__, "wall_s": time.perf_counter() - started,
-            "decode_tokens_per_s": stats.decode_tokens_per_s, "hit_rate": stats.hit_rate,
-            "layers_by_kind": {kind: times.describe() for kind, times in sorted(stats.layer_times.items())},
-        })  # fmt: skip
-        del model.expertcache, runtime
-    row = rows[-1]
+        stats = run_round(model, host, top_k, config, args.threads, None, trace, prompts, args.tokens, warm_up, device, args.placement)
+    row = {
+        "label": args.label, "package": expertcache.__file__, "wall_s": time.perf_counter() - started,
+        "decode_tokens_per_s": stats["decode_tokens_per_s"], "hit_rate": stats["hit_rate"],
+        "layers_by_kind": {kind: LayerTimes(**times).describe() for kind, times in stats["layers_by_kind"].items()},
+    }  # fmt: skip
     print(f"{args.label}: {row['decode_tokens_per_s']:.2f} tok/s, hit rate {row['hit_rate']:.1%}; {row['layers_by_kind']}")
     with open(args.out, "a") as f:
         f.write(json.dumps(row | {"machine": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}) + "\n")

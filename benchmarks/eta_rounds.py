@@ -1,7 +1,9 @@
-"""What the interleaved A/B scripts share: one round's run of an `eta` N × 1 cache, and the rows kept as JSON.
+"""What the interleaved A/B scripts share: one round's run of a cache, and the rows kept as JSON.
 
-``split_ab_gpu.py`` and ``pass_barrier_gpu.py`` each run the same cache on a shortened full-size
-shape under two variants, alternately, in one process; round 0 is a warm-up of one request.
+``split_ab_gpu.py``, ``pass_barrier_gpu.py`` and ``layer_kinds_gpu.py`` each run the same `eta`
+N × 1 cache on a shortened full-size shape under two variants, alternately, in one process;
+``decode_speed_gpu.py`` runs one configuration under one version of the runtime per process. Round 0
+is a warm-up of one request.
 """
 
 from __future__ import annotations
@@ -29,11 +31,17 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True)
 
 
-def run_round(model, host: dict, top_k: int, slots: int, threads: int, profile: Profile, trace: Trace | None,
-              prompts: torch.Tensor, new_tokens: int, warm_up: bool, device: torch.device = torch.device("cuda")) -> dict:  # fmt: skip
-    """Attach an `eta` ``slots`` × 1 cache, decode the prompts (only the first when ``warm_up``),
-    and return the runtime's counters."""
-    attach(model, host, CacheConfig(sets=slots, ways=1, policy="eta"), device, threads, profile, top_k)
+def eta_cache(slots: int) -> CacheConfig:
+    """The A/B scripts' cache: `eta` over ``slots`` sets of one way."""
+    return CacheConfig(sets=slots, ways=1, policy="eta")
+
+
+def run_round(model, host: dict, top_k: int, config: CacheConfig, threads: int, profile: Profile | None, trace: Trace | None,
+              prompts: torch.Tensor, new_tokens: int, warm_up: bool, device: torch.device = torch.device("cuda"),
+              placement: str = "cache") -> dict:  # fmt: skip
+    """Attach ``config`` (as ``placement``), decode the prompts (only the first when ``warm_up``)
+    with routing forced from ``trace`` when given, and return the runtime's counters."""
+    attach(model, host, config, device, threads, profile, top_k, placement=placement)
     runtime = model.expertcache
     if trace is not None:
         runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)

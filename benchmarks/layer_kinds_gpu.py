@@ -41,7 +41,7 @@ from expertcache.runtime.offload import CachedExperts, LayerPass
 from expertcache.runtime.synthetic import build_full_size
 from expertcache.simulator.config import CacheConfig
 from expertcache.traces.io import read_trace
-from eta_rounds import add_round_options, keep_row, run_round
+from eta_rounds import add_round_options, eta_cache, keep_row, run_round
 
 VARIANTS = ("as-is", "pinned-results", "no-splits")
 
@@ -86,7 +86,7 @@ def main() -> None:
         for variant in VARIANTS:
             costs = replace(profile, split_min_gpu_share=0.0) if variant == "no-splits" else profile
             with pinned_results() if variant == "pinned-results" else nullcontext():
-                stats = run_round(model, host, top_k, args.slots, args.threads, costs, trace, prompts, args.new_tokens,
+                stats = run_round(model, host, top_k, eta_cache(args.slots), args.threads, costs, trace, prompts, args.new_tokens,
                                   warm_up=round_ == 0, device=device)  # fmt: skip
             by_kind = {kind: {"layers": k["layers"], "ms": 1e3 * k["wall_s"] / k["layers"], "priced_ms": 1e3 * k["planned_s"] / k["layers"],
                               "host_ms": 1e3 * k["host_s"] / k["layers"]} for kind, k in stats["layers_by_kind"].items()}  # fmt: skip

@@ -20,7 +20,7 @@ import torch
 from expertcache.runtime.synthetic import build_full_size
 from expertcache.simulator.costs import load_profile
 from expertcache.traces.io import read_trace
-from eta_rounds import add_round_options, keep_row, run_round
+from eta_rounds import add_round_options, eta_cache, keep_row, run_round
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         for barrier in (False, True):
             # the old barrier: the pass's wall time is read at the next pass's start, after this wait
             hook = model.register_forward_hook(lambda *_: torch.cuda.synchronize()) if barrier else None
-            stats = run_round(model, host, top_k, args.slots, args.threads, profile, trace, prompts, args.new_tokens, warm_up=round_ == 0)
+            stats = run_round(model, host, top_k, eta_cache(args.slots), args.threads, profile, trace, prompts, args.new_tokens, warm_up=round_ == 0)
             if hook is not None:
                 hook.remove()
             keep_row(rows, {"round": round_, "device_wide_wait": barrier, "tok_s": stats["decode_tokens_per_s"], "copies": stats["copies"],

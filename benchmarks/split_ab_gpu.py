@@ -26,7 +26,7 @@ from expertcache.runtime import offload
 from expertcache.runtime.synthetic import build_full_size
 from expertcache.simulator.costs import load_profile
 from expertcache.traces.io import read_trace
-from eta_rounds import add_round_options, keep_row, run_round
+from eta_rounds import add_round_options, eta_cache, keep_row, run_round
 
 TIMES: dict[str, list[float]] = defaultdict(list)
 DRAIN = False  # wait for the GPU before each CPU computation (outside its timing)
@@ -74,7 +74,7 @@ def main() -> None:
         for split, DRAIN in ((True, False), (False, False)) + (((True, True),) if args.drained else ()):
             TIMES.clear()
             costs = replace(profile, split_min_gpu_share=profile.split_min_gpu_share if split else 0.0)
-            stats = run_round(model, host, top_k, args.slots, args.threads, costs, trace, prompts, args.new_tokens, warm_up=round_ == 0)
+            stats = run_round(model, host, top_k, eta_cache(args.slots), args.threads, costs, trace, prompts, args.new_tokens, warm_up=round_ == 0)
             keep_row(rows, {"round": round_, "split": split, "drained": DRAIN, "tok_s": stats["decode_tokens_per_s"], "splits": stats["split"],
                             "cpu_experts": stats["cpu_experts"], "fetched": stats["fetched"], "copy_wait_s": stats["copy_wait_s"],
                             "ms": {name: (len(t), 1e3 * sum(t) / len(t)) for name, t in TIMES.items()}}, args.out)  # fmt: skip
