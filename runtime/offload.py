@@ -516,10 +516,11 @@ def expertcache_experts_forward(
     module: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
 ) -> torch.Tensor:
     """The function registered as ``experts_implementation="expertcache"``."""
-    runtime, layer = module._expertcache
-    if runtime() is None:
+    held, layer = module._expertcache
+    runtime = held()
+    if runtime is None:
         raise RuntimeError("this model's expert cache was deleted (model.expertcache); attach one again to run it")
-    return runtime().forward(module, layer, hidden_states, top_k_index, top_k_weights)
+    return runtime.forward(module, layer, hidden_states, top_k_index, top_k_weights)
 
 
 def register() -> None:
