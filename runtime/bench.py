@@ -10,7 +10,6 @@ expertcache configuration is the one the simulator ranks first for this machine.
 
 from __future__ import annotations
 
-import gc
 import importlib.util
 import re
 import tempfile
@@ -130,7 +129,6 @@ def run_system(
         "measured": stats.summary(), "simulated": predicted.summary(),
     }  # fmt: skip
     del model.expertcache, runtime
-    gc.collect()  # the runtime and its recorder refer to each other: free its slot pool before the next system's
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row

@@ -3,7 +3,6 @@ backend during each pass, the process's own choice given back after it."""
 
 from __future__ import annotations
 
-import gc
 import weakref
 
 import pytest
@@ -62,7 +61,6 @@ def test_deleting_the_cache_frees_it_and_a_later_pass_says_so(model_dirs):
     model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
     runtime = weakref.ref(model.expertcache)
     del model.expertcache
-    gc.collect()
-    assert runtime() is None  # the experts modules do not keep it (nor its slot pool) alive
+    assert runtime() is None  # at once: nothing keeps it (nor its slot pool) alive, bench attaches the next system right after
     with pytest.raises(RuntimeError, match="expert cache was deleted"), torch.inference_mode():
         model(torch.tensor([[1, 2, 3]]))
