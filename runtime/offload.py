@@ -8,7 +8,8 @@ copied (into its new slot, or a staging slot when the policy does not keep it), 
 layer's lone miss, shared between the two (``runtime.split``). Misses the cache keeps are copied
 either way, so the next token that wants them hits. The host waits for the GPU once per layer,
 for the routing; all GPU work is queued without waiting, so the CPU computes its share while the
-GPU computes and the link copies theirs.
+GPU computes and the link copies theirs. In a layer with CPU work a second host thread queues the
+GPU's (``runtime.launcher``) while this one computes the CPU's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.graphs import DecodeGraphs
+from expertcache.runtime.launcher import Launcher
 from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.split import Cut, least_gpu_share, units_out
 from expertcache.runtime.stats import RuntimeStats
@@ -137,6 +139,7 @@ class CachedExperts:
         self.recorder = None  # a runtime.record.Recorder while recording
         self.routing: Routing | None = None  # trace-forced routing, when set
         self.graphs = graphs  # the model's decode graphs (runtime.graphs); None: decode eagerly
+        self.launcher = Launcher(device)  # queues a layer's GPU work while this thread computes the CPU's
         for layer, module in layers:  # weakly: ``del model.expertcache`` frees the slot pool, before any next attach
             module._expertcache = (weakref.ref(self), layer)
 
@@ -246,13 +249,7 @@ class CachedExperts:
         rows = LayerRows.of(hidden, hidden_cpu, plan.rows % tokens)
         # each row's router weight, in the dtype the router gave it, gathered on the host (one copy, no kernels)
         row_weights = torch.from_numpy(weights.T.reshape(-1)[plan.rows]).to(top_k_weights.dtype).to(hidden.device, non_blocking=True)
-        outputs: dict[int, torch.Tensor] = {}
-        self._run_on_gpu(module, record, rows, plan.resident, outputs)
-        self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True)
-        for job in plan.split:
-            self._run_split(module, record, rows, job, outputs)
-        for s, expert in plan.background:
-            self.pool.fill(s, self.host[layer][expert])
+        outputs = self._run_jobs(module, record, rows, plan)
         staged = sum(1 for job in plan.fetched if job.slot >= self.config.slots)
         self.stats.copies += len(plan.fetched) - staged + len(plan.background)
         self.stats.staged += staged
@@ -260,7 +257,6 @@ class CachedExperts:
         self.stats.cpu_experts += len(plan.on_cpu)
         self.stats.split += len(plan.split)
         self.stats.copies += sum(1 for job in plan.split if job.slot < self.config.slots)
-        self._run_on_cpu(module, record, rows, plan.on_cpu, outputs)
 
         # one weighted sum, experts in ascending order as eager adds them
         weighted = torch.cat([outputs[expert] for expert in sorted(outputs)])
@@ -350,15 +346,17 @@ class CachedExperts:
         self._link_free_at = now + link_free
         return gpu_share.tolist(), cpu_end, max(gpu_end, cpu_end)
 
-    def _run_on_gpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool = False) -> None:
-        """Queue ``jobs`` on the GPU; with ``copy_first`` each one's copy is started just before
-        its kernels, so a staging slot is refilled only after the kernels reading it are queued."""
+    def _run_on_gpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool = False,
+                    copied: set[int] = frozenset()) -> None:  # fmt: skip
+        """Queue ``jobs`` on the GPU; with ``copy_first`` each one's copy, unless started already
+        (its index in ``copied``), is started just before its kernels, so a staging slot is
+        refilled only after the kernels reading it are queued."""
         if jobs:
-            self._timed_on_gpu(record, lambda: self._queue_jobs(module, record, rows, jobs, outputs, copy_first))
+            self._timed_on_gpu(record, lambda: self._queue_jobs(module, record, rows, jobs, outputs, copy_first, copied))
 
-    def _queue_jobs(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool) -> None:
-        for job in jobs:
-            if copy_first:
+    def _queue_jobs(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool, copied) -> None:
+        for i, job in enumerate(jobs):
+            if copy_first and i not in copied:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
             outputs[job.expert] = self.queue_gpu_expert(module, rows.on_gpu(job), job.slot, record.wait_events)
 
@@ -378,35 +376,107 @@ class CachedExperts:
         queued on the GPU, its CPU share computed. Returns the CPU share's seconds: calibration times
         the host's cost of a split besides them."""
         record = LayerPass(layer, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0, dtype=bool), np.zeros(0))
-        job = ExpertJob(expert, slot, 0, len(rows), gpu_share)
-        self._run_split(module, record, LayerRows.of(rows, rows_on_host, np.arange(len(rows))), job, {})
+        plan = LayerPlan(rows=np.arange(len(rows)), split=[ExpertJob(expert, slot, 0, len(rows), gpu_share)])
+        self._run_jobs(module, record, LayerRows.of(rows, rows_on_host, plan.rows), plan)
         return record.cpu_s
 
-    def _run_split(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", outputs) -> None:
-        """One miss shared between the two sides (``runtime.split``): the GPU's slices are copied
-        first (then the CPU's when the cache keeps the expert); the CPU computes its units while
-        they travel; the GPU computes its units once they land and the output projection once
-        the CPU's activations are in."""
-        cut = Cut.of(self.layout, job.gpu_share)
+    def _run_jobs(self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan") -> dict[int, torch.Tensor]:
+        """Every expert of ``plan`` applied to its rows, each output on the device by expert. The
+        copies the GPU waits for start first; then the GPU's kernels are queued on the launcher
+        thread (``runtime.launcher``) while this thread computes the CPU's work, so that queueing
+        no longer delays the CPU path, and the hand-over (about 0.25 ms) no longer delays the link.
+        A copy into a slot that one of the layer's hits reads waits until their kernels are queued:
+        then all copies start on the launcher, in order."""
+        cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
+        read = {job.slot for job in plan.resident}
+        ahead = not any(job.slot in read for job in plan.fetched + plan.split)
+        copied = self._start_fetch_copies(record, plan.fetched) if ahead else set()
+        split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if ahead else None
+        queued = self.launcher.start(
+            lambda: self._queue_gpu_work(module, record, rows, plan, cuts, copied, split_copies), bool(plan.on_cpu or plan.split)
+        )
+        try:
+            on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
+            on_host |= {job.expert: self._cpu_share(module, record, rows, job) for job in plan.on_cpu}
+        finally:
+            outputs, gpu_parts, split_copies = queued()  # the GPU's work is queued ahead of what follows
+        for job in plan.on_cpu:
+            outputs[job.expert] = self._to_device(record, on_host[job.expert])
+        for job, gpu_part, (_, down_landed) in zip(plan.split, gpu_parts, split_copies):
+            outputs[job.expert] = self._finish_split(record, job, gpu_part, down_landed, on_host[job.expert])
+        return outputs
+
+    def _start_fetch_copies(self, record: LayerPass, fetched: list["ExpertJob"]) -> set[int]:
+        """Start the copies of ``fetched`` in order, each slot's first only: a staging slot the layer
+        reads twice is refilled by ``_queue_jobs``, behind the kernels reading it. Returns the
+        indices of the jobs whose copies started."""
+        copied, slots = set(), set()
+        for i, job in enumerate(fetched):
+            if job.slot not in slots:
+                slots.add(job.slot)
+                copied.add(i)
+                self.pool.fill(job.slot, self.host[record.layer][job.expert])
+        return copied
+
+    def _copy_split(self, record: LayerPass, job: "ExpertJob", cut: Cut) -> tuple:
+        """Start the copies of a miss shared between the two (``runtime.split``): the GPU's slices
+        first, then the CPU's when the cache keeps the expert. Returns the events of the GPU's units
+        and of the output projection landing."""
         host_row = self.host[record.layer][job.expert]
         gpu_units = cut.unit_ranges(self.layout, on_gpu=True)
         units_landed = self.pool.fill(job.slot, host_row, gpu_units) if gpu_units else None
         down_landed = self.pool.fill(job.slot, host_row, cut.down_ranges(self.layout))
         if job.slot < self.config.slots:  # kept: the rest follows, behind what the GPU waits for
             self.pool.fill(job.slot, host_row, cut.unit_ranges(self.layout, on_gpu=False))
-        weights = self._slot_views[job.slot]
-        parts = []
-        if gpu_units:
-            self.pool.acquire(job.slot, record.wait_events, units_landed)
-            on_gpu = rows.on_gpu(job)
-            parts.append(self._timed_on_gpu(record, lambda: units_out(module, on_gpu, weights, 0, cut.units)))
-        started = time.perf_counter()
-        units_cpu = units_out(module, rows.on_cpu(job), self.layout.views(host_row), cut.units, cut.intermediate)
-        record.cpu_s += time.perf_counter() - started
-        parts.append(self._to_device(record, units_cpu))
+        return units_landed, down_landed
+
+    def _queue_gpu_work(
+        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], copied: set[int], split_copies: list | None
+    ) -> tuple[dict, list, list]:
+        """The layer's GPU kernels: resident experts, copied misses (those not in ``copied`` copied
+        just before), each split's GPU units (copied first unless ``split_copies`` holds their
+        events); then the copies of kept misses the CPU computes, behind those the GPU waits for.
+        Returns the GPU experts' outputs by expert, each split's GPU units' activations (None when
+        the CPU has them all) and each split's copy events."""
+        outputs: dict[int, torch.Tensor] = {}
+        self._run_on_gpu(module, record, rows, plan.resident, outputs)
+        self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True, copied=copied)
+        if split_copies is None:
+            split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
+        gpu_parts = [self._split_units(module, record, rows, job, cut, units_landed)
+                     for job, cut, (units_landed, _) in zip(plan.split, cuts, split_copies)]  # fmt: skip
+        for s, expert in plan.background:
+            self.pool.fill(s, self.host[record.layer][expert])
+        return outputs, gpu_parts, split_copies
+
+    def _split_units(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, units_landed) -> torch.Tensor | None:
+        """The GPU's units of a miss shared between the two (``runtime.split``), computed once
+        their slices land; None when the CPU has them all."""
+        if cut.units == 0:
+            return None
+        self.pool.acquire(job.slot, record.wait_events, units_landed)
+        on_gpu, weights = rows.on_gpu(job), self._slot_views[job.slot]
+        return self._timed_on_gpu(record, lambda: units_out(module, on_gpu, weights, 0, cut.units))
+
+    def _finish_split(self, record: LayerPass, job: "ExpertJob", gpu_part: torch.Tensor | None, down_landed, units_cpu: torch.Tensor) -> torch.Tensor:
+        """A split's end, once the CPU's units are computed: their activations (a few KB) go to the
+        GPU, which applies the whole output projection."""
+        parts = ([] if gpu_part is None else [gpu_part]) + [self._to_device(record, units_cpu)]
         self.pool.acquire(job.slot, record.wait_events, down_landed)
-        outputs[job.expert] = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"]))
+        weights = self._slot_views[job.slot]
+        out = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"]))
         self.pool.release(job.slot)
+        return out
+
+    def _cpu_share(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut | None = None) -> torch.Tensor:
+        """``job``'s work on the CPU from the expert's host copy: the whole expert, or with ``cut``
+        a split's CPU units. Timed in ``record.cpu_s``."""
+        started = time.perf_counter()
+        weights = self.layout.views(self.host[record.layer][job.expert])
+        x = rows.on_cpu(job)
+        out = expert_ffn(module, x, weights) if cut is None else units_out(module, x, weights, cut.units, cut.intermediate)
+        record.cpu_s += time.perf_counter() - started
+        return out
 
     def _timed_on_gpu(self, record: LayerPass, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
         """``queue()``'s result; the GPU time of the work it queues is added to ``record``."""
@@ -421,13 +491,6 @@ class CachedExperts:
         end.record()
         record.gpu_events.append((start, end))
         return out
-
-    def _run_on_cpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs) -> None:
-        for job in jobs:
-            started = time.perf_counter()
-            out = expert_ffn(module, rows.on_cpu(job), self.layout.views(self.host[record.layer][job.expert]))
-            record.cpu_s += time.perf_counter() - started
-            outputs[job.expert] = self._to_device(record, out)
 
     def _to_device(self, record: LayerPass, cpu_result: torch.Tensor) -> torch.Tensor:
         """Queue a CPU result's copy to the GPU, timing the host's part in ``record``: from pageable
