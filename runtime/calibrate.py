@@ -191,11 +191,9 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
 
 
 def _split_launch_ms(runtime, module, rows: torch.Tensor, slot: int, repeats: int) -> float:
-    """Median host milliseconds of a split besides its CPU share, run as decode runs it
-    (``CachedExperts.queue_split_expert``): the launcher thread starts the copies and the GPU's
-    kernels while this one computes the CPU's share, then queues its activations and the output
-    projection. The device is idle before each, so the GPU's slices land while the CPU computes
-    and nothing waits for the link."""
+    """Median host milliseconds of a split besides its CPU share: copies started, the GPU's kernels
+    and the CPU's activations queued (``CachedExperts.queue_split_expert``). The device is idle
+    before each, so the GPU's slices land while the CPU computes and nothing waits for the link."""
     layer = runtime.moe_layers[0]
     experts = itertools.cycle(range(runtime.num_experts))
     on_cuda = runtime.device.type == "cuda"

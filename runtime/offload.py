@@ -8,8 +8,8 @@ copied (into its new slot, or a staging slot when the policy does not keep it), 
 layer's lone miss, shared between the two (``runtime.split``). Misses the cache keeps are copied
 either way, so the next token that wants them hits. The host waits for the GPU once per layer,
 for the routing; all GPU work is queued without waiting, so the CPU computes its share while the
-GPU computes and the link copies theirs. In a layer with CPU work a second host thread queues the
-GPU's (``runtime.launcher``) while this one computes the CPU's.
+GPU computes and the link copies theirs. The copies start first, before any kernel is queued:
+the link ends most layers that copy.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.graphs import DecodeGraphs
-from expertcache.runtime.launcher import Launcher
 from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.split import Cut, least_gpu_share, units_out
 from expertcache.runtime.stats import RuntimeStats
@@ -139,7 +138,6 @@ class CachedExperts:
         self.recorder = None  # a runtime.record.Recorder while recording
         self.routing: Routing | None = None  # trace-forced routing, when set
         self.graphs = graphs  # the model's decode graphs (runtime.graphs); None: decode eagerly
-        self.launcher = Launcher(device)  # queues a layer's GPU work while this thread computes the CPU's
         for layer, module in layers:  # weakly: ``del model.expertcache`` frees the slot pool, before any next attach
             module._expertcache = (weakref.ref(self), layer)
 
@@ -382,24 +380,21 @@ class CachedExperts:
 
     def _run_jobs(self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan") -> dict[int, torch.Tensor]:
         """Every expert of ``plan`` applied to its rows, each output on the device by expert. The
-        copies the GPU waits for start first; then the GPU's kernels are queued on the launcher
-        thread (``runtime.launcher``) while this thread computes the CPU's work, so that queueing
-        no longer delays the CPU path, and the hand-over (about 0.25 ms) no longer delays the link.
-        A copy into a slot that one of the layer's hits reads waits until their kernels are queued:
-        then all copies start on the launcher, in order."""
+        copies the GPU waits for start first, then the GPU's kernels are queued, then the CPU
+        computes its work. A copy into a slot that one of the layer's hits reads must wait until
+        their kernels are queued: then every copy starts behind the hits' kernels, in order.
+
+        (A second host thread queueing the kernels while this one computed, measured on the lent
+        H100 host, gained 0-5 % on Mixtral-8x7B and lost 0-9 % on Phi-3.5-MoE: the two threads
+        contend for Python's lock, BENCHMARKS.md session 15.)"""
         cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
         read = {job.slot for job in plan.resident}
         ahead = not any(job.slot in read for job in plan.fetched + plan.split)
         copied = self._start_fetch_copies(record, plan.fetched) if ahead else set()
         split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if ahead else None
-        queued = self.launcher.start(
-            lambda: self._queue_gpu_work(module, record, rows, plan, cuts, copied, split_copies), bool(plan.on_cpu or plan.split)
-        )
-        try:
-            on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
-            on_host |= {job.expert: self._cpu_share(module, record, rows, job) for job in plan.on_cpu}
-        finally:
-            outputs, gpu_parts, split_copies = queued()  # the GPU's work is queued ahead of what follows
+        outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts, copied, split_copies)
+        on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
+        on_host |= {job.expert: self._cpu_share(module, record, rows, job) for job in plan.on_cpu}
         for job in plan.on_cpu:
             outputs[job.expert] = self._to_device(record, on_host[job.expert])
         for job, gpu_part, (_, down_landed) in zip(plan.split, gpu_parts, split_copies):

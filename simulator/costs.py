@@ -40,12 +40,11 @@ class Profile:
     layer_overhead_ms: float  # per MoE layer: dispatch, synchronisation, Python
     cpu_slowdown_during_copy: float = 1.0  # CPU expert time factor while a copy shares memory bandwidth
     copy_slowdown_during_cpu: float = 1.0  # copy time factor while CPU experts share memory bandwidth
-    gpu_launch_ms: float = 0.0  # host time to queue one GPU expert (on the launcher thread beside CPU work)
+    gpu_launch_ms: float = 0.0  # host time to queue one GPU expert (the host queues them before CPU work)
     cpu_path_overhead_ms: float = 0.0  # per layer computing any expert on the CPU: input to the host, outputs back
     split_min_gpu_share: float = 1 / 3  # a split miss leaves the GPU at least this share of its bytes (runtime.split); 0: no splits
-    # the main thread's time for a split besides its CPU share: handing the GPU's side to the launcher
-    # thread, then the CPU's activations and the output projection queued (runtime.split); None: priced as
-    # one GPU launch (profiles calibrated before it was measured)
+    # host time to run a split besides its CPU share: its copies, the GPU's kernels, the CPU's activations
+    # sent over (runtime.split); None: priced as one GPU launch (profiles calibrated before it was measured)
     split_launch_ms: float | None = None
     # of a layer's dense time, the host's part that runs while the GPU still works through the previous
     # layer's queued copies and experts: the host only waits for the GPU at the next routing

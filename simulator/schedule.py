@@ -43,8 +43,7 @@ MIN_CPU_SHARE = 0.05
 
 @njit(cache=True, error_model="numpy", inline="always")
 def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu_s, gpu_s, rates, gpu_share, copy_end, spent):
-    """Place a layer's misses and advance the clocks; returns ``(gpu, host, link_free)``: when the
-    GPU's work ends, when the host is done with the layer, when the link's copies end.
+    """Place a layer's misses and advance the clocks; returns ``(gpu, cpu, link_free)``.
 
     ``tokens[j]``: rows of miss ``j`` (``j < count``); ``admitted[j]``: the cache gave it a
     slot, so it is copied whichever way it runs. ``ready``: when routing is known; ``gpu``: when
@@ -52,12 +51,11 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     queued the layer's hits. ``cpu_s``/``gpu_s``: seconds for one expert by row count;
     ``rates``: see ``RATES``.
 
-    The host's main thread computes the CPU's share from ``ready`` while a launcher thread
-    (``runtime.launcher``) queues the GPU's experts and copies from ``host`` on, one after another
-    (``launch_s`` each, a split's GPU side as one), so a GPU expert ends no sooner than it is
-    queued, and the host is done with the layer once both threads are. A split costs the main
-    thread ``split_launch_s`` after its CPU share (its activations and the output projection
-    queued once the launcher is done), which the GPU's last kernel waits for. Copies and CPU
+    The host starts the layer's copies as soon as routing is known (``ready``), then queues every
+    GPU expert (``launch_s`` each) before it computes the CPU's share, so GPU work delays the CPU
+    path, and a GPU expert ends no sooner than it is queued; a split costs the host
+    ``split_launch_s`` besides its CPU share (charged before it: the part after it, queueing the
+    output, delays the GPU's last kernel as much). Copies and CPU
     experts both read host memory: while both run, CPU experts take ``cpu_slowdown`` times as long
     and copies ``copy_slowdown`` times. A layer with any CPU work
     pays ``cpu_overhead_s`` once (its input to the host, the outputs back). Copies a GPU
@@ -74,12 +72,12 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     """
     copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s = rates[0], rates[1], rates[2], rates[3], rates[4]
     # decide
-    cpu, issued, link, gpu_path, background = ready, host, max(link_free, ready), gpu, 0
+    cpu, issued, link, gpu_path, background = host, host, max(link_free, ready), gpu, 0
     first_on_cpu = True
     for j in range(count):
         n = tokens[j]
-        starts = max(link, issued)
-        copied_at = starts + copy_s * (copy_slowdown if cpu > starts else 1.0)
+        starts = link
+        copied_at = starts + copy_s * (copy_slowdown if not first_on_cpu and cpu > starts else 1.0)
         computed = max(gpu_path, copied_at) + gpu_s[n]
         gpu_finish = max(computed, issued + launch_s)
         # the host goes on to the next layer's dense work while the GPU finishes; the CPU path holds it
@@ -93,6 +91,7 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         if on_gpu:
             gpu_path, link = gpu_finish, copied_at
             issued += launch_s
+            cpu += launch_s
         else:
             cpu = cpu_finish
             background += admitted[j]
@@ -111,28 +110,27 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         n = tokens[j]
         copy_end[j] = -1.0
         if gpu_share[j] > 0:
-            link = max(link, host) + gpu_share[j] * copy_time
+            link += gpu_share[j] * copy_time
             link_busy += gpu_share[j] * copy_time
-            host += launch_s
+            host += launch_s if gpu_share[j] == 1.0 else rates[6]
             copy_end[j] = link
             spent[3] += max(0.0, link - gpu)
             spent[1] += gpu_s[n]
             gpu = max(max(gpu, link) + gpu_s[n], host)
-    cpu = ready + (cpu_overhead_s if on_cpu > 0 else 0.0)
-    spent[0] += cpu - ready
+    cpu = host + (cpu_overhead_s if on_cpu > 0 else 0.0)
+    spent[0] += cpu - host
     for j in range(count):
         if gpu_share[j] < 1:
             spent[0] += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
             cpu += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
             if gpu_share[j] > 0:  # split: the GPU finishes the expert once the CPU's units are in
-                cpu = max(cpu, host) + rates[6]
                 gpu = max(gpu, cpu + gpu_s[tokens[j]])
             if admitted[j]:
                 link += copy_time * (1.0 - gpu_share[j])
                 link_busy += copy_time * (1.0 - gpu_share[j])
                 copy_end[j] = link
     spent[2] += link_busy
-    return gpu, max(cpu, host), link if copies else link_free
+    return gpu, cpu, link if copies else link_free
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -140,16 +138,14 @@ def _split_share(n, starts, gpu_from, issued, cpu, whole_finish, cpu_s, gpu_s, r
     """The GPU's share of a lone miss split across both paths, or ``whole_share`` when a split
     would not let the host go on sooner (``whole_finish``: the sooner of the whole miss's ends,
     each as the host sees it). The copy of the GPU's share and the CPU's work run at the same time,
-    so both are slowed; the CPU starts at once, and its activations reach the GPU
-    ``split_launch_s`` after its share is done."""
+    so both are slowed; the CPU starts once the host has set the split going (``split_launch_s``)."""
     copy = rates[0] * rates[2]
     on_cpu = cpu_s[n] * rates[1]
-    cpu_starts = cpu + rates[4]
-    # the copy of the GPU's share ends at starts + f * copy, the CPU's activations are queued at
-    # cpu_starts + (1 - f) * on_cpu + split_launch_s
-    share = max((cpu_starts + on_cpu + rates[6] - starts) / (copy + on_cpu), rates[5])
+    cpu_starts = max(cpu, issued + rates[6]) + rates[4]
+    # the copy of the GPU's share ends at starts + f * copy, the CPU's share at cpu_starts + (1 - f) * on_cpu
+    share = max((cpu_starts + on_cpu - starts) / (copy + on_cpu), rates[5])
     if share > 1.0 - MIN_CPU_SHARE:
         return whole_share
-    host_done = max(cpu_starts + (1.0 - share) * on_cpu, issued + rates[3]) + rates[6]
-    finish = max(max(gpu_from, starts + share * copy), host_done) + gpu_s[n]
-    return share if max(finish - rates[7], host_done) < whole_finish else whole_share
+    cpu_done = cpu_starts + (1.0 - share) * on_cpu
+    finish = max(max(gpu_from, starts + share * copy), cpu_done) + gpu_s[n]
+    return share if max(finish - rates[7], cpu_done) < whole_finish else whole_share

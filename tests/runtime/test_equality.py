@@ -10,7 +10,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAMILIES
-from expertcache.runtime.launcher import Launcher
 from expertcache.runtime.loader import load
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
@@ -90,27 +89,6 @@ def test_lone_misses_split_between_the_gpu_and_the_cpu_keep_the_output(model_dir
         assert torch.equal(out, reference(model_dir)[1]), policy
         splits += runtime.stats.split
     assert (splits > 0) == (family != "gpt_oss")  # gpt-oss stores its experts transposed: never cut
-
-
-@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe"])
-def test_gpu_work_queued_on_the_launcher_thread_keeps_the_output(model_dirs, family):
-    # on the CPU device the launcher runs work at once unless asked for its thread: here the GPU's
-    # side of each layer (the CPU device's stand-in for it) runs on the thread, beside the CPU's
-    model_dir = model_dirs(family)
-    ids, expected = reference(model_dir)
-    splits = 0
-    for policy in ("eta", "score"):
-        model = load(model_dir, config=CacheConfig(sets=3, ways=2, policy=policy), device=DEVICE, profile=SPLIT,
-                     gpu_budget=2**30 if DEVICE == "cuda" else None)  # fmt: skip
-        runtime = model.expertcache
-        runtime.launcher = Launcher(runtime.device, threaded=True)
-        runtime.begin_request(0)
-        out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
-        runtime.end_pass()
-        assert torch.equal(out, expected), policy
-        assert runtime.launcher.handed_over > 0 and runtime.stats.cpu_experts > 0 and runtime.stats.fetched > 0
-        splits += runtime.stats.split
-    assert splits > 0
 
 
 def test_every_miss_on_the_gpu_path_keeps_the_output(model_dirs):

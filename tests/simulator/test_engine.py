@@ -168,20 +168,20 @@ def test_a_copy_is_slowed_while_the_cpu_computes_in_the_same_layer():
     assert spent.tolist() == pytest.approx([12.0, 0.1, 9.0, 9.0])
 
 
-def test_the_launcher_queues_gpu_work_while_the_cpu_computes():
+def test_the_host_starts_the_copies_then_queues_gpu_work_before_it_computes_on_the_cpu():
     cpu_s, gpu_s = np.array([0.0, 1.0]), np.array([0.0, 0.1])
     on_gpu, copy_end, spent = np.zeros(2), np.zeros(2), np.zeros(4)
-    # ready at 0; the launcher queues 3 hits at 0.2 each, until 0.6. Miss 0: copied 0.6 → 1.1, GPU
-    # 1.2, against the CPU, which starts at once: 1.0 → CPU. Miss 1: copied 0.6 → 1.1, GPU 1.2
-    # against CPU 2.0 → GPU, queued by 0.8. The layer ends at 1.2, the host at 1.0
+    # ready at 0 with 3 hits to queue at 0.2 each: the CPU can start at 0.6, the copies at once.
+    # Miss 0: copied 0 → 0.5, GPU 0.6 but queued by 0.8 < CPU 1.6 → GPU; miss 1: copied 0.5 → 1.0,
+    # GPU 1.1 < CPU 0.8 + 1 = 1.8 → GPU too; the host is done queueing at 1.0
     gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.3, 0.0, 0.6,
                                   cpu_s, gpu_s, rates(0.5, 1.0, 1.0, launch_s=0.2), on_gpu, copy_end, spent)  # fmt: skip
-    assert on_gpu.tolist() == [False, True] and copy_end.tolist() == pytest.approx([-1.0, 1.1])
-    assert (gpu, cpu, link) == pytest.approx((1.2, 1.0, 1.1))
-    # the host is done once the launcher is, though the CPU finished first
-    gpu, cpu, link = split_misses(np.array([1]), np.array([False]), 1, CPU_ONLY, 0.0, 0.3, 0.0, 2.0,
-                                  cpu_s, gpu_s, rates(0.5, 1.0, 1.0, launch_s=0.2), on_gpu, copy_end, spent)  # fmt: skip
-    assert cpu == pytest.approx(2.0)
+    assert on_gpu.tolist() == [True, True] and copy_end.tolist() == pytest.approx([0.5, 1.0])
+    assert (gpu, cpu, link) == pytest.approx((1.1, 1.0, 1.0))
+    # queueing for free, the second miss runs on the CPU instead (done at 1.0, before its GPU 1.1)
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.3, 0.0, 0.0,
+                                  cpu_s, gpu_s, rates(0.5, 1.0, 1.0), on_gpu, copy_end, spent)  # fmt: skip
+    assert on_gpu.tolist() == [True, False] and cpu == pytest.approx(1.0)
 
 
 def test_the_gpus_hidden_tail_counts_for_the_gpu_path():
@@ -221,10 +221,10 @@ def test_a_lone_miss_is_split_so_that_both_paths_end_together(admitted):
     assert spent.tolist() == pytest.approx([3.75, 0.1, link, 3.75])
 
 
-def test_a_splits_host_time_after_its_cpu_share_delays_the_gpu_and_can_make_a_whole_copy_sooner():
+def test_a_splits_host_time_delays_its_cpu_share_and_can_make_a_whole_copy_sooner():
     cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
     share, copy_end, spent = np.zeros(1), np.zeros(1), np.zeros(4)
-    # the CPU's activations reach the GPU 1 after its share: f * 6 = (1 - f) * 10 + 1 at f = 11 / 16
+    # the CPU's share starts after the split's launch of 1: f * 6 = 1 + (1 - f) * 10 at f = 11 / 16
     gpu, cpu, _ = split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
                                cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3, split_launch_s=1.0), share, copy_end, spent)  # fmt: skip
     assert share[0] == pytest.approx(11 / 16) and (gpu, cpu) == pytest.approx((4.225, 4.125))
