@@ -80,6 +80,11 @@ class CachedExperts:
     runs the systems expertcache is compared with, through the same code.
     """
 
+    copies_first = True
+    """Start a layer's copies before queueing its kernels, as the miss rule prices them; False
+    queues them behind the hits' kernels, the order before session 15, which only
+    ``benchmarks/copies_first_ab_gpu.py`` asks for, to measure the difference in one process."""
+
     def __init__(
         self,
         layers: list[tuple[int, nn.Module]],
@@ -389,7 +394,7 @@ class CachedExperts:
         contend for Python's lock, BENCHMARKS.md session 15.)"""
         cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
         read = {job.slot for job in plan.resident}
-        ahead = not any(job.slot in read for job in plan.fetched + plan.split)
+        ahead = self.copies_first and not any(job.slot in read for job in plan.fetched + plan.split)
         copied = self._start_fetch_copies(record, plan.fetched) if ahead else set()
         split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if ahead else None
         outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts, copied, split_copies)
