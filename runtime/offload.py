@@ -81,9 +81,9 @@ class CachedExperts:
     """
 
     copies_first = True
-    """Start a layer's copies before queueing its kernels, as the miss rule prices them; False
-    queues them behind the hits' kernels, the order before session 15, which only
-    ``benchmarks/copies_first_ab_gpu.py`` asks for, to measure the difference in one process."""
+    """Start a layer's copies before queueing its kernels, as the miss rule prices them. False
+    queues them behind the hits' kernels, the runtime's earlier order; only
+    ``benchmarks/copies_first_ab_gpu.py`` asks for it, to measure the difference in one process."""
 
     def __init__(
         self,

@@ -55,11 +55,11 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     GPU expert (``launch_s`` each) before it computes the CPU's share, so GPU work delays the CPU
     path, and a GPU expert ends no sooner than it is queued; a split costs the host
     ``split_launch_s`` besides its CPU share (charged before it: the part after it, queueing the
-    output, delays the GPU's last kernel as much). Copies and CPU
-    experts both read host memory: while both run, CPU experts take ``cpu_slowdown`` times as long
-    and copies ``copy_slowdown`` times. A layer with any CPU work
-    pays ``cpu_overhead_s`` once (its input to the host, the outputs back). Copies a GPU
-    computation waits for go first; those of kept misses computed on the CPU queue behind them.
+    output, delays the GPU's last kernel as much). Copies and CPU experts both read host memory:
+    while both run, CPU experts take ``cpu_slowdown`` times as long and copies ``copy_slowdown``
+    times. A layer with any CPU work pays ``cpu_overhead_s`` once (its input to the host, the
+    outputs back). Copies a GPU computation waits for go first; those of kept misses computed on
+    the CPU queue behind them.
 
     Each miss is placed greedily where it would finish first, judged at its turn and as the host
     sees it: the host goes on to the next layer's dense work while the GPU finishes, so the last
