@@ -45,6 +45,10 @@ one being read while the next is copied. The memory plan counts them."""
 
 Routing = Callable[[int, int, int], tuple[np.ndarray, np.ndarray]]
 """(layer, step, tokens) → forced (top_k_index, top_k_weights) for trace-forced routing."""
+Landed = torch.cuda.Event | None
+"""When a copy into a slot lands (``SlotPool.fill``); None on the CPU device, where copies are synchronous."""
+SplitCopies = tuple[Landed, Landed]
+"""A split's copies: its GPU units landed (None also when it has none), its output projection landed."""
 
 
 @dataclass
@@ -357,7 +361,7 @@ class CachedExperts:
         if jobs:
             self._timed_on_gpu(record, lambda: self._queue_jobs(module, record, rows, jobs, outputs, copy_first, copied))
 
-    def _queue_jobs(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool, copied) -> None:
+    def _queue_jobs(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool, copied: set[int]) -> None:
         for i, job in enumerate(jobs):
             if copy_first and i not in copied:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
@@ -418,7 +422,7 @@ class CachedExperts:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
         return copied
 
-    def _copy_split(self, record: LayerPass, job: "ExpertJob", cut: Cut) -> tuple:
+    def _copy_split(self, record: LayerPass, job: "ExpertJob", cut: Cut) -> SplitCopies:
         """Start the copies of a miss shared between the two (``runtime.split``): the GPU's slices
         first, then the CPU's when the cache keeps the expert. Returns the events of the GPU's units
         and of the output projection landing."""
@@ -431,8 +435,9 @@ class CachedExperts:
         return units_landed, down_landed
 
     def _queue_gpu_work(
-        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], copied: set[int], split_copies: list | None
-    ) -> tuple[dict, list, list]:
+        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], copied: set[int],
+        split_copies: list[SplitCopies] | None,
+    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor | None], list[SplitCopies]]:
         """The layer's GPU kernels: resident experts, copied misses (those not in ``copied`` copied
         just before), each split's GPU units (copied first unless ``split_copies`` holds their
         events); then the copies of kept misses the CPU computes, behind those the GPU waits for.
@@ -449,7 +454,7 @@ class CachedExperts:
             self.pool.fill(s, self.host[record.layer][expert])
         return outputs, gpu_parts, split_copies
 
-    def _split_units(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, units_landed) -> torch.Tensor | None:
+    def _split_units(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, units_landed: Landed) -> torch.Tensor | None:
         """The GPU's units of a miss shared between the two (``runtime.split``), computed once
         their slices land; None when the CPU has them all."""
         if cut.units == 0:
@@ -458,7 +463,7 @@ class CachedExperts:
         on_gpu, weights = rows.on_gpu(job), self._slot_views[job.slot]
         return self._timed_on_gpu(record, lambda: units_out(module, on_gpu, weights, 0, cut.units))
 
-    def _finish_split(self, record: LayerPass, job: "ExpertJob", gpu_part: torch.Tensor | None, down_landed, units_cpu: torch.Tensor) -> torch.Tensor:
+    def _finish_split(self, record: LayerPass, job: "ExpertJob", gpu_part: torch.Tensor | None, down_landed: Landed, units_cpu: torch.Tensor) -> torch.Tensor:
         """A split's end, once the CPU's units are computed: their activations (a few KB) go to the
         GPU, which applies the whole output projection."""
         parts = ([] if gpu_part is None else [gpu_part]) + [self._to_device(record, units_cpu)]
