@@ -388,20 +388,15 @@ class CachedExperts:
         return record.cpu_s
 
     def _run_jobs(self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan") -> dict[int, torch.Tensor]:
-        """Every expert of ``plan`` applied to its rows, each output on the device by expert. The
-        copies the GPU waits for start first, then the GPU's kernels are queued, then the CPU
-        computes its work. A copy into a slot that one of the layer's hits reads must wait until
-        their kernels are queued: then every copy starts behind the hits' kernels, in order.
+        """Every expert of ``plan`` applied to its rows, each output on the device by expert: the
+        GPU's side queued first (``_queue_gpu_work``, copies before kernels), then the CPU computes
+        its work, then the CPU's results and each split's output projection are queued.
 
         (A second host thread queueing the kernels while this one computed, measured on the lent
         H100 host, gained 0-5 % on Mixtral-8x7B and lost 0-9 % on Phi-3.5-MoE: the two threads
         contend for Python's lock, BENCHMARKS.md session 15.)"""
         cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
-        read = {job.slot for job in plan.resident}
-        ahead = self.copies_first and not any(job.slot in read for job in plan.fetched + plan.split)
-        copied = self._start_fetch_copies(record, plan.fetched) if ahead else set()
-        split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if ahead else None
-        outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts, copied, split_copies)
+        outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts)
         on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
         on_host |= {job.expert: self._cpu_share(module, record, rows, job) for job in plan.on_cpu}
         for job in plan.on_cpu:
@@ -435,18 +430,23 @@ class CachedExperts:
         return units_landed, down_landed
 
     def _queue_gpu_work(
-        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], copied: set[int],
-        split_copies: list[SplitCopies] | None,
+        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut]
     ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor | None], list[SplitCopies]]:
-        """The layer's GPU kernels: resident experts, copied misses (those not in ``copied`` copied
-        just before), each split's GPU units (copied first unless ``split_copies`` holds their
-        events); then the copies of kept misses the CPU computes, behind those the GPU waits for.
-        Returns the GPU experts' outputs by expert, each split's GPU units' activations (None when
-        the CPU has them all) and each split's copy events."""
+        """The layer's GPU side: the copies the GPU waits for (``_start_fetch_copies``, each split's
+        ``_copy_split``), then the kernels of resident experts, copied misses and each split's GPU
+        units, then the copies of kept misses the CPU computes, behind those the GPU waits for. A
+        copy into a slot that one of the layer's hits reads must wait until their kernels are
+        queued: then every copy starts behind the hits' kernels, in order. Returns the GPU experts'
+        outputs by expert, each split's GPU units' activations (None when the CPU has them all) and
+        each split's copy events."""
+        read = {job.slot for job in plan.resident}
+        ahead = self.copies_first and not any(job.slot in read for job in plan.fetched + plan.split)
+        copied = self._start_fetch_copies(record, plan.fetched) if ahead else set()
+        split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if ahead else []
         outputs: dict[int, torch.Tensor] = {}
         self._run_on_gpu(module, record, rows, plan.resident, outputs)
         self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True, copied=copied)
-        if split_copies is None:
+        if not ahead:
             split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
         gpu_parts = [self._split_units(module, record, rows, job, cut, units_landed)
                      for job, cut, (units_landed, _) in zip(plan.split, cuts, split_copies)]  # fmt: skip
