@@ -1,7 +1,7 @@
 """What the interleaved A/B scripts share: one round's run of a cache, and the rows kept as JSON.
 
-``split_ab_gpu.py``, ``pass_barrier_gpu.py`` and ``layer_kinds_gpu.py`` each run the same `eta`
-N × 1 cache on a shortened full-size shape under two variants, alternately, in one process;
+``split_ab_gpu.py``, ``pass_barrier_gpu.py``, ``layer_kinds_gpu.py`` and ``copies_first_ab_gpu.py``
+each run the same `eta` cache on a shortened full-size shape under two variants, alternately, in one process;
 ``decode_speed_gpu.py`` runs one configuration under one version of the runtime per process. Round 0
 is a warm-up of one request.
 """
@@ -31,9 +31,9 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True)
 
 
-def eta_cache(slots: int) -> CacheConfig:
-    """The A/B scripts' cache: `eta` over ``slots`` sets of one way."""
-    return CacheConfig(sets=slots, ways=1, policy="eta")
+def eta_cache(slots: int, ways: int = 1) -> CacheConfig:
+    """The A/B scripts' cache: `eta` over ``slots`` sets of ``ways`` ways (one, unless a script asks)."""
+    return CacheConfig(sets=slots, ways=ways, policy="eta")
 
 
 def run_round(model, host: dict, top_k: int, config: CacheConfig, threads: int, profile: Profile | None, trace: Trace | None,
