@@ -1,6 +1,6 @@
 """What the interleaved A/B scripts share: one round's run of a cache, and the rows kept as JSON.
 
-``split_ab_gpu.py``, ``pass_barrier_gpu.py``, ``layer_kinds_gpu.py`` and ``copies_first_ab_gpu.py``
+``split_ab_gpu.py``, ``pass_barrier_gpu.py``, ``layer_kinds_gpu.py`` and ``runtime_switch_ab_gpu.py``
 each run the same `eta` cache on a shortened full-size shape under two variants, alternately, in one process;
 ``decode_speed_gpu.py`` runs one configuration under one version of the runtime per process. Round 0
 is a warm-up of one request.
@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 import torch
 
 from expertcache.runtime.forced import TraceRouting
 from expertcache.runtime.loader import attach
+from expertcache.runtime.offload import CachedExperts
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 from expertcache.traces.io import Trace
@@ -38,11 +40,14 @@ def eta_cache(slots: int, ways: int = 1) -> CacheConfig:
 
 def run_round(model, host: dict, top_k: int, config: CacheConfig, threads: int, profile: Profile | None, trace: Trace | None,
               prompts: torch.Tensor, new_tokens: int, warm_up: bool, device: torch.device = torch.device("cuda"),
-              placement: str = "cache") -> dict:  # fmt: skip
-    """Attach ``config`` (as ``placement``), decode the prompts (only the first when ``warm_up``)
-    with routing forced from ``trace`` when given, and return the runtime's counters."""
+              placement: str = "cache", adjust: Callable[[CachedExperts], None] | None = None) -> dict:  # fmt: skip
+    """Attach ``config`` (as ``placement``), let ``adjust`` set the fresh runtime's switches, decode
+    the prompts (only the first when ``warm_up``) with routing forced from ``trace`` when given,
+    and return the runtime's counters."""
     attach(model, host, config, device, threads, profile, top_k, placement=placement)
     runtime = model.expertcache
+    if adjust is not None:
+        adjust(runtime)
     if trace is not None:
         runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
     for request in range(1 if warm_up else len(prompts)):

@@ -158,7 +158,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     launch_ms = 0.0
     scratch = runtime.scratch_slot
     if scratch is not None:  # a staging slot: the cache's own slots keep their experts
-        x = torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device)  # a decode step's one row, as it is passed
+        # a decode step's one row, where the layer's GPU experts read it (replayed from a graph, on a GPU)
+        x = runtime.gpu_input(torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device))
         runtime.pool.fill(scratch, next(rows))
         launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x, scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
     split_launch_ms = None

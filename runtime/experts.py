@@ -61,6 +61,11 @@ class ExpertLayout:
         for name in self.names:
             module._parameters[name] = nn.Parameter(torch.empty(0, dtype=self.dtype), requires_grad=False)
 
+    def hidden_size(self, module: nn.Module) -> int:
+        """The width of the rows ``module``'s experts take and give: ``down_proj``'s output."""
+        down = self.shapes[self.names.index("down_proj")]
+        return down[1] if getattr(module, "is_transposed", False) else down[0]
+
     def views(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """Parameter views of one expert stored in a flat ``row``."""
         return {

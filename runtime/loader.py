@@ -207,7 +207,8 @@ def attach(
     computes on the CPU with ``threads`` threads, and attention runs without SDPA's cuDNN backend
     (``runtime.attention``: it cost decode a graph build per token). ``generate`` decodes into one
     reused static key-value cache (``runtime.kv``), and on a GPU its decode steps replay CUDA
-    graphs of the work between the experts (``runtime.graphs``) unless ``cuda_graphs`` is False.
+    graphs of the work between the experts (``runtime.graphs``) and of each slot's one-row expert
+    (``runtime.slot_graphs``) unless ``cuda_graphs`` is False.
     """
     model.eval()
     torch.set_num_threads(threads)  # the CPU experts run with the thread count they are priced at
@@ -228,6 +229,7 @@ def attach(
     model.expertcache = CachedExperts(
         [(layer, module) for layer, _, module in experts], host, layout, config, num_layers, device, profile, threads, top_k,
         placement=placement, graphs=graphs if cuda_graphs and device.type == "cuda" else None,
+        slot_graphs=cuda_graphs and device.type == "cuda",
     )
     return model
 

@@ -28,6 +28,7 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.graphs import DecodeGraphs
+from expertcache.runtime.slot_graphs import SlotGraphs
 from expertcache.runtime.slots import SlotPool
 from expertcache.runtime.split import Cut, least_gpu_share, units_out
 from expertcache.runtime.stats import RuntimeStats
@@ -87,7 +88,7 @@ class CachedExperts:
     copies_first = True
     """Start a layer's copies before queueing its kernels, as the miss rule prices them. False
     queues them behind the hits' kernels, the runtime's earlier order; only
-    ``benchmarks/copies_first_ab_gpu.py`` asks for it, to measure the difference in one process."""
+    ``benchmarks/runtime_switch_ab_gpu.py`` asks for it, to measure the difference in one process."""
 
     def __init__(
         self,
@@ -102,6 +103,7 @@ class CachedExperts:
         top_k: int,
         placement: str = "cache",
         graphs: DecodeGraphs | None = None,
+        slot_graphs: bool = False,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -122,6 +124,10 @@ class CachedExperts:
         # each slot's parameter views, made once: a layer reads them per expert. (Not the host rows':
         # views would keep rows alive that their owner frees, as bench's accelerate peer does.)
         self._slot_views = [layout.views(self.pool.buffer[s]) for s in range(slots)]
+        # one-row experts replayed per slot (runtime.slot_graphs); None: they run eagerly
+        self.slot_graphs = (
+            SlotGraphs(layers[0][1], self._slot_views, layout.hidden_size(layers[0][1]), layout.dtype, device) if slot_graphs and slots else None
+        )
         self._zero_rows: dict[int, torch.Tensor] = {}
         if isinstance(self.cache, StaticPlacement):
             for layer in self.moe_layers:
@@ -253,7 +259,8 @@ class CachedExperts:
         record.kind, record.expert_s, record.host_free_s = plan.kind, plan.expert_s, plan.host_free_s
         # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
         hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
-        rows = LayerRows.of(hidden, hidden_cpu, plan.rows % tokens)
+        hidden_gpu = self.gpu_input(hidden) if plan.resident or plan.fetched else hidden
+        rows = LayerRows.of(hidden_gpu, hidden_cpu, plan.rows % tokens)
         # each row's router weight, in the dtype the router gave it, gathered on the host (one copy, no kernels)
         row_weights = torch.from_numpy(weights.T.reshape(-1)[plan.rows]).to(top_k_weights.dtype).to(hidden.device, non_blocking=True)
         outputs = self._run_jobs(module, record, rows, plan)
@@ -275,6 +282,13 @@ class CachedExperts:
         final = target.index_add_(0, token_rows, weighted.to(hidden.dtype))
         record.host_s = time.perf_counter() - routed_at
         return final
+
+    def gpu_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Where a layer's GPU experts read ``hidden``: for one row, when slots replay their experts
+        (``runtime.slot_graphs``), the graphs' input with ``hidden`` copied in; else ``hidden``."""
+        if self.slot_graphs is None or len(hidden) != 1:
+            return hidden
+        return self.slot_graphs.hold(hidden)
 
     def _zeros(self, count: int) -> torch.Tensor:
         """``count`` zeros on the device, made once: a one-token layer's rows all add into row 0."""
@@ -365,13 +379,20 @@ class CachedExperts:
         for i, job in enumerate(jobs):
             if copy_first and i not in copied:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
-            outputs[job.expert] = self.queue_gpu_expert(module, rows.on_gpu(job), job.slot, record.wait_events)
+            replay = job.slot not in rows.replayed  # a slot's graph output is read once per layer
+            rows.replayed.add(job.slot)
+            outputs[job.expert] = self.queue_gpu_expert(module, rows.on_gpu(job), job.slot, record.wait_events, replay)
 
-    def queue_gpu_expert(self, module: nn.Module, rows: torch.Tensor, slot: int, waits: list | None = None) -> torch.Tensor:
+    def queue_gpu_expert(self, module: nn.Module, rows: torch.Tensor, slot: int, waits: list | None = None, replay: bool = True) -> torch.Tensor:
         """The expert in ``slot`` applied to ``rows``, queued on the GPU after its copy lands
-        (``SlotPool.acquire``); what calibration times as the host's cost of one GPU expert."""
+        (``SlotPool.acquire``); what calibration times as the host's cost of one GPU expert.
+        Rows in the slot graphs' input (``gpu_input``) replay the slot's graph, unless ``replay``
+        is False: its output would overwrite one the layer has yet to read."""
         self.pool.acquire(slot, waits)
-        out = expert_ffn(module, rows, self._slot_views[slot])
+        if replay and self.slot_graphs is not None and rows is self.slot_graphs.input:
+            out = self.slot_graphs.replay(slot)
+        else:
+            out = expert_ffn(module, rows, self._slot_views[slot])
         self.pool.release(slot)
         return out
 
@@ -554,6 +575,7 @@ class LayerRows:
     hidden_cpu: torch.Tensor | None  # the host copy, when the layer computes on the CPU
     token_of_row: np.ndarray  # the token of each of LayerPlan.rows
     token_rows: torch.Tensor | None  # the same on the device; None for one token
+    replayed: set[int] = field(default_factory=set)  # slots whose graphs this layer replayed
 
     @classmethod
     def of(cls, hidden: torch.Tensor, hidden_cpu: torch.Tensor | None, token_of_row: np.ndarray) -> "LayerRows":

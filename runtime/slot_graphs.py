@@ -1,0 +1,65 @@
+"""One-row experts replayed from CUDA graphs, one graph per slot.
+
+A decode step's GPU expert is one row through ``gate_up_proj``, the gate and ``down_proj``: four
+or five kernels, each launched from Python. On the lent H100 host a small eager operator held the
+host about 30 µs (``benchmarks/launcher_thread_gpu.py``: 40 of them took 1.19 ms), and a decode
+layer's host work, not its GPU work, sets its pace when its experts are resident. A slot's expert
+applied to one row runs the same kernels on the same addresses at every step: copies change the
+slot's contents, never its place. So each slot's expert is captured once, when the runtime is
+attached, and replayed in one launch.
+
+The graphs share one input row, into which a layer copies its hidden state once
+(``SlotGraphs.hold``); each slot's graph writes its own output. A layer reads that output before
+any later layer replays the slot (one stream orders them); within a layer a slot read twice (a
+staging slot reused) runs eagerly the second time, so that its first output is not overwritten.
+
+The outputs live outside the graphs' memory pool, which the graphs share: a graph's memory there
+is free again once it was captured, and the next capture may take it. Replays in any order on one
+stream then only overwrite what an earlier replay no longer needs; an output kept in the pool could
+be the scratch memory of a graph captured before it (the first version did that, and tokens changed).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from expertcache.runtime.experts import expert_ffn
+
+
+class SlotGraphs:
+    """A captured one-row expert per slot of a CUDA slot pool.
+
+    Every experts module of a model computes the same function of its weights (one class, one
+    config; the slot pool already holds them all in one layout), so one module's code is captured
+    for every slot, whichever layer's expert the slot holds."""
+
+    def __init__(self, module: nn.Module, slot_views: list[dict[str, torch.Tensor]], hidden_size: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.input = torch.zeros(1, hidden_size, dtype=dtype, device=device)
+        self._outputs = [torch.empty(1, hidden_size, dtype=dtype, device=device) for _ in slot_views]
+        self._graphs: list[torch.cuda.CUDAGraph] = []
+        torch.cuda.synchronize(device)
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            expert_ffn(module, self.input, slot_views[0])  # cuBLAS sets up this stream's workspace outside any capture
+            pool = torch.cuda.graph_pool_handle()
+            for views, output in zip(slot_views, self._outputs):
+                graph = torch.cuda.CUDAGraph()
+                graph.capture_begin(pool=pool)
+                try:
+                    output.copy_(expert_ffn(module, self.input, views))
+                finally:
+                    graph.capture_end()
+                self._graphs.append(graph)
+        torch.cuda.current_stream(device).wait_stream(side)
+
+    def hold(self, row: torch.Tensor) -> torch.Tensor:
+        """``row`` copied into the graphs' input, which the layer's GPU work then reads."""
+        return self.input.copy_(row)
+
+    def replay(self, slot: int) -> torch.Tensor:
+        """The expert in ``slot`` applied to the input row, queued as one launch; the returned
+        buffer is overwritten by the slot's next replay."""
+        self._graphs[slot].replay()
+        return self._outputs[slot]
