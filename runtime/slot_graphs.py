@@ -38,6 +38,7 @@ class SlotGraphs:
         self.input = torch.zeros(1, hidden_size, dtype=dtype, device=device)
         self._outputs = [torch.empty(1, hidden_size, dtype=dtype, device=device) for _ in slot_views]
         self._graphs: list[torch.cuda.CUDAGraph] = []
+        self.replays = 0
         torch.cuda.synchronize(device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -62,4 +63,5 @@ class SlotGraphs:
         """The expert in ``slot`` applied to the input row, queued as one launch; the returned
         buffer is overwritten by the slot's next replay."""
         self._graphs[slot].replay()
+        self.replays += 1
         return self._outputs[slot]

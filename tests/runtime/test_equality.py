@@ -47,13 +47,15 @@ def cached_generate(model_dir: str, config: CacheConfig, **load_args) -> tuple[t
     model.expertcache.begin_request(0)
     out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
     model.expertcache.end_pass()
-    graphs = model.expertcache.graphs
+    graphs, slot_graphs = model.expertcache.graphs, model.expertcache.slot_graphs
     if DEVICE == "cuda":  # decode replayed CUDA graphs (runtime.graphs), each layer captured once,
-        # but for a sliding-window cache (gpt-oss), which decodes eagerly
+        # but for a sliding-window cache (gpt-oss), which decodes eagerly; its one-row GPU experts
+        # replayed their slots' graphs (runtime.slot_graphs)
         layers = 0 if getattr(model.config, "sliding_window", None) else model.config.num_hidden_layers
         assert (graphs.captures, graphs.failed) == (layers, False)
+        assert slot_graphs.replays > 0
     else:
-        assert graphs is None
+        assert graphs is None and slot_graphs is None
     return out, model.expertcache
 
 
