@@ -274,7 +274,7 @@ def _model_options(command):
         click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP),
         click.option("--hide-response", is_flag=True, help="Do not stream the generated text."),
         click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code."),
-        click.option("--enforce-eager", is_flag=True, help="Decode without CUDA graphs (by default a GPU replays each layer's work between its experts from one)."),
+        click.option("--enforce-eager", is_flag=True, help="Decode without CUDA graphs (by default a GPU replays each layer's work between its experts, and each GPU expert, from one)."),
     ]
     for option in reversed(options):
         command = option(command)
