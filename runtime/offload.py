@@ -2,7 +2,8 @@
 
 Per MoE layer of a forward pass, in the order the simulator replays them: the layer's accesses
 (position by position, rank by rank) go through the shared cache core. Experts that were
-resident run on the GPU from their slots. Each miss runs where the simulator's rule
+resident run on the GPU from their slots (a decode step's, one row, replayed from the slot's CUDA
+graph: ``runtime.slot_graphs``). Each miss runs where the simulator's rule
 (``schedule.split_misses``) says it finishes first: on the CPU right away, on the GPU once
 copied (into its new slot, or a staging slot when the policy does not keep it), or, for a
 layer's lone miss, shared between the two (``runtime.split``). Misses the cache keeps are copied

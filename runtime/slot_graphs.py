@@ -15,8 +15,9 @@ staging slot reused) runs eagerly the second time, so that its first output is n
 
 The outputs live outside the graphs' memory pool, which the graphs share: a graph's memory there
 is free again once it was captured, and the next capture may take it. Replays in any order on one
-stream then only overwrite what an earlier replay no longer needs; an output kept in the pool could
-be the scratch memory of a graph captured before it (the first version did that, and tokens changed).
+stream then only overwrite what an earlier replay no longer needs. An output kept in the pool can
+be the scratch memory of a graph captured before it, whose replay then overwrites it (with outputs
+kept there, the equality tests on the GPU failed).
 """
 
 from __future__ import annotations
