@@ -557,7 +557,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--out", "out_path", type=OutputPath(), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
 @click.option("--timing-out", "timing_path", type=OutputPath(), help="Write every run's per-layer timing (system, round, and the recording's timing columns: docs/trace-format.md) as Parquet, rewritten after every run.")
-@click.option("--enforce-eager", is_flag=True, help="Every system decodes without CUDA graphs (by default each replays its layers' work between the experts from them).")
+@click.option("--enforce-eager", is_flag=True, help="Every system decodes without CUDA graphs (by default each replays its layers' work between the experts, and each GPU expert, from them).")
 def bench(model_path, shape, layers, budget_text, trace_path, systems, requests, prompt_tokens, new_tokens, rounds, threads, device, out_path, timing_path, enforce_eager) -> None:
     """Run expertcache and the systems users would pick instead side by side, one budget, one run.
 
