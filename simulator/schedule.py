@@ -76,8 +76,7 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     first_on_cpu = True
     for j in range(count):
         n = tokens[j]
-        starts = link
-        copied_at = starts + copy_s * (copy_slowdown if not first_on_cpu and cpu > starts else 1.0)
+        copied_at = link + copy_s * (copy_slowdown if not first_on_cpu and cpu > link else 1.0)
         computed = max(gpu_path, copied_at) + gpu_s[n]
         gpu_finish = max(computed, issued + launch_s)
         # the host goes on to the next layer's dense work while the GPU finishes; the CPU path holds it
@@ -87,7 +86,7 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         on_gpu = mode == GPU_ONLY or (mode == HYBRID and gpu_seen < cpu_finish)
         gpu_share[j] = 1.0 if on_gpu else 0.0
         if mode == HYBRID and count == 1 and rates[5] > 0:
-            gpu_share[j] = _split_share(n, starts, gpu_path, issued, cpu, min(gpu_seen, cpu_finish), cpu_s, gpu_s, rates, gpu_share[j])
+            gpu_share[j] = _split_share(n, link, gpu_path, issued, cpu, min(gpu_seen, cpu_finish), cpu_s, gpu_s, rates, gpu_share[j])
         if on_gpu:
             gpu_path, link = gpu_finish, copied_at
             issued += launch_s
