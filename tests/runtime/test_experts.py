@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
-from test_split import HIDDEN, experts_module
+from test_split import HIDDEN, experts_module, row_of
 
 
 @pytest.mark.parametrize("kind", ["gated", "ungated", "transposed"])
@@ -15,6 +15,5 @@ def test_the_layout_gives_the_width_of_the_rows_experts_take_and_give(kind):
     module = experts_module(kind)
     layout = ExpertLayout.of(module)
     assert layout.hidden_size(module) == HIDDEN
-    row = torch.cat([getattr(module, name)[0].detach().reshape(-1) for name in layout.names])
-    out = expert_ffn(module, torch.randn(3, layout.hidden_size(module)), layout.views(row))
+    out = expert_ffn(module, torch.randn(3, layout.hidden_size(module)), layout.views(row_of(module, layout, 0)))
     assert out.shape == (3, HIDDEN)
