@@ -102,6 +102,32 @@ def _time_s(run: Callable[[], None], repeats: int, synchronize: bool, average: C
     return average(times)
 
 
+def _gpu_ms(run: Callable[[], None], repeats: int) -> float:
+    """The GPU's milliseconds per call of ``run``, its kernels back to back: ``repeats`` calls captured
+    in one CUDA graph, timed by events around its replay. A wall time around eager calls holds their
+    launches too, which the profile prices apart (``gpu_launch_ms``), and the slot graphs run a decode
+    step's expert without them: on the lent H100 an OLMoE-1B-7B expert's wall time made all-hit
+    layers priced at 2.52 ms run in 1.29 (BENCHMARKS.md, session 16)."""
+    current = torch.cuda.current_stream()
+    side = torch.cuda.Stream()
+    side.wait_stream(current)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(side):
+        run()  # cuBLAS sets up this stream's workspace outside the capture
+        graph.capture_begin()
+        for _ in range(repeats):
+            run()
+        graph.capture_end()
+    current.wait_stream(side)
+    graph.replay()  # warm-up
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
 def _keep_running(run: Callable[[], None], seconds: float) -> None:
     """Run for a while first: right after a thread-count change the first parallel regions run
     up to 2x slow (measured on the lent H100 host), which one warm-up call does not absorb."""
@@ -154,7 +180,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     gpu_ms = {}
     for tokens in GPU_TOKEN_COUNTS:
         x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
-        gpu_ms[tokens] = 1e3 * _time_s(lambda: expert_ffn(module, x, device_weights), repeats, on_cuda)
+        run = lambda: expert_ffn(module, x, device_weights)  # noqa: E731
+        gpu_ms[tokens] = _gpu_ms(run, max(repeats, LAUNCH_SAMPLES)) if on_cuda else 1e3 * _time_s(run, repeats, False)
     launch_ms = 0.0
     scratch = runtime.scratch_slot
     if scratch is not None:  # a staging slot: the cache's own slots keep their experts
