@@ -81,6 +81,13 @@ COPY_SAMPLES = 16
 what the next layer's dense work hides against this copy time, so an outlier here lands there
 too: a median of 3 once gave 34 GB/s on the lent H100, where every bench measured 49-55."""
 
+STEP_TOKENS = 8
+"""New tokens of each generation whose steps are timed against bare forward passes."""
+
+STEP_ROUNDS = 5
+"""Generations timed against as many runs of bare forward passes, taking turns, after one untimed
+round; the median of the rounds' differences is kept."""
+
 SPLIT_SHARE = 0.5
 """The GPU's share of the split whose host time is measured: decode's splits on the lent H100 host
 gave the GPU 0.4-0.7 of the expert."""
@@ -197,6 +204,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
 
     say("layers outside expert compute")
     dense_ms, cpu_overhead_ms, dense_overlap_ms = _time_outside_experts(model, runtime, launch_ms, 1e3 * copy_s)
+    say("generation loop between passes")
+    step_overhead_ms = _step_overhead_ms(model, runtime)
     return Profile(
         name=name,
         expert_bytes=layout.nbytes,
@@ -212,6 +221,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         split_min_gpu_share=least_share,
         split_launch_ms=split_launch_ms,
         dense_overlap_ms=dense_overlap_ms,
+        step_overhead_ms=step_overhead_ms,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores, in {time.perf_counter() - started:.0f} s; dense_ms holds all time per layer outside expert work (dispatch included), "
         f"decoding {'from CUDA graphs' if runtime.graphs is not None else 'eagerly'}",
@@ -388,6 +398,35 @@ def _time_outside_experts(model, runtime, launch_ms: float, copy_ms: float) -> t
     if len(placements) == 3:  # the fetching pass also waits for a copy, less what the dense work hides
         hidden = min(max(statistics.median(hits + copy_ms - fetching for hits, _, fetching in rounds), 0.0), resident[1])
     return {tokens: max(ms, 0.0) for tokens, ms in sorted(resident.items())}, cpu_overhead, float(hidden)
+
+
+def _step_overhead_ms(model, runtime) -> float:
+    """Per decode step, ``generate``'s own time between forward passes: its per-step wall time (the
+    runtime's decode passes, from one pass's first MoE layer to the next's) less a bare forward
+    pass's, every access a hit in both. The bare passes run on the cache ``generate`` then decodes
+    into, so both replay the same decode graphs. On the lent H100 an OLMoE-1B-7B token took 21.5 ms
+    where its layers were priced at 19.2 (BENCHMARKS.md, session 17)."""
+    runtime.end_pass()
+    vocab = model.config.get_text_config().vocab_size
+    prompt = torch.randint(0, vocab, (1, PROMPT_TOKENS), device=runtime.device)
+    rounds = []
+    with runtime.decided_by(_EveryAccessHits(runtime.pool.buffer.shape[0])), torch.inference_mode():
+        stats = runtime.stats  # calibration's own, while decided_by lasts
+        for round_ in range(STEP_ROUNDS + 1):  # the first one untimed
+            runtime.begin_request(0)
+            cache = empty_cache(model, PROMPT_TOKENS + STEP_TOKENS)
+            model(prompt, past_key_values=cache, use_cache=True)
+            runtime.end_pass()
+            passes = [_pass_ms(model, runtime, prompt[:, -1:], cache) for _ in range(STEP_TOKENS - 1)]
+            bare_ms = len(runtime.moe_layers) * statistics.fmean(passes)
+            runtime.begin_request(0)
+            seconds, tokens = stats.decode_s, stats.decode_tokens
+            model.generate(prompt, max_new_tokens=STEP_TOKENS, min_new_tokens=STEP_TOKENS, do_sample=False)
+            runtime.end_pass()
+            step_ms = 1e3 * (stats.decode_s - seconds) / (stats.decode_tokens - tokens)
+            if round_:
+                rounds.append(step_ms - bare_ms)
+    return max(0.0, statistics.median(rounds))
 
 
 def _pass_ms(model, runtime, ids: torch.Tensor, cache=None) -> float:

@@ -49,6 +49,9 @@ class Profile:
     # of a layer's dense time, the host's part that runs while the GPU still works through the previous
     # layer's queued copies and experts: the host only waits for the GPU at the next routing
     dense_overlap_ms: float = 0.0
+    # per decode step, the generation loop's own time between forward passes (its logits processing,
+    # stopping check and next inputs): a cost every system pays, one a per-layer figure cannot hold
+    step_overhead_ms: float = 0.0
     notes: str = ""
 
     def __post_init__(self) -> None:

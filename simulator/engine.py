@@ -5,7 +5,8 @@ then hits on the GPU from their slots (waiting for a copy still in flight), then
 ``schedule.split_misses`` puts it: on the CPU, on the GPU after its copy (copies run one after
 another on the PCIe link), or a lone miss split between the two. The layer takes as long as the
 slower of the GPU and CPU paths, plus a fixed dispatch overhead, less the GPU's tail that the
-host's next dense work hides (``Profile.dense_overlap_ms``).
+host's next dense work hides (``Profile.dense_overlap_ms``). Each decode pass first waits for the
+generation loop's own work since the last one (``Profile.step_overhead_ms``).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class SimResult:
 @njit(cache=True, error_model="numpy")
 def _charge_time(
     layer, expert, step, num_experts, hit, slot, group_start, group_tokens, group_decode,
-    cpu_s, gpu_s, dense_s, rates, overhead_s, num_slots, miss_paths,
+    cpu_s, gpu_s, dense_s, rates, overhead_s, step_overhead_s, num_slots, miss_paths,
     totals, counts, layer_hits, layer_misses,
 ):  # fmt: skip
     """Price the cache's decisions, one (pass, layer) group at a time.
@@ -184,6 +185,9 @@ def _charge_time(
             # the host starts this layer's dense work once it is free, while the GPU still works
             # (a new pass waits for its token instead)
             start = max(host_free, clock - min(rates[7], dense))
+        elif decode:  # and for the generation loop to pick it and set up the pass
+            start += step_overhead_s
+            totals[5] += step_overhead_s
         gpu = start + dense
         host = gpu  # the host queues each GPU expert in turn
         n_missed = 0
@@ -267,6 +271,7 @@ def simulate(
         profile.dense_table_s(max_tokens),
         rates_of(profile, meta.expert_bytes),
         profile.layer_overhead_ms / 1e3,
+        profile.step_overhead_ms / 1e3,
         geometry.slots, MISS_PATHS[placement], totals, counts, layer_hits, layer_misses,
     )  # fmt: skip
     decode_s = float(totals[6])

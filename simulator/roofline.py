@@ -8,8 +8,9 @@ after their copies (copies back to back on the link). When the model's experts c
 taking at least that share of it, as the runtime can (only a layer's lone miss, there).
 The GPU's work may run on behind the host into the next layer's dense work, by as much as the
 machine lets the host go ahead (``Profile.dense_overlap_ms``); the CPU's may not, as it holds the
-host. Dispatch overhead is left out on purpose: it is what a real runtime loses, and the gap to
-this bound is what there is left to win.
+host. Dispatch overhead is left out on purpose, and so is the generation loop's time between
+passes (``Profile.step_overhead_ms``): it is what a real runtime loses, and the gap to this bound
+is what there is left to win.
 """
 
 from __future__ import annotations

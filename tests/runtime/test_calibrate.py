@@ -30,6 +30,8 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     # from a run copying one expert per layer: at most the whole dense time hides GPU work
     assert 0 <= profile.dense_overlap_ms <= profile.dense_ms[1] and "hidden behind the next layer" in result.stdout
     assert f"computing on the CPU pays {profile.cpu_path_overhead_ms:.3f} ms more" in result.stdout
+    # generate's logits processing and stopping check between passes: the toy's steps cost more than its passes
+    assert profile.step_overhead_ms > 0 and f"between decode passes {profile.step_overhead_ms:.3f} ms per token" in result.stdout
     # how long it took, against the two minutes: the measuring in the profile, the command's on screen
     assert re.search(r"cores, in \d+ s;", profile.notes) and re.search(r"profile  .*here\.json, \d+ s with loading the model", result.stdout)
     assert profile.notes.endswith("decoding eagerly")  # the CPU has no CUDA graphs

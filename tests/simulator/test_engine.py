@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -74,6 +76,15 @@ def test_a_cpu_measured_slower_moves_the_miss_to_the_copy_path(three_tokens):
     assert slower.cpu_expert_ms == {4: {1: 15.0}} and hand.cpu_expert_ms == {4: {1: 10.0}}
     # token 0: CPU 15 ms now loses to copy 10 + GPU 0.1
     assert simulate(three_tokens, Geometry(1, 1), "lru", slower, threads=4).decode_s == pytest.approx((11.1 + 1.1 + 1.1) / 1e3)
+
+
+def test_each_decode_step_waits_for_the_generation_loop(three_tokens):
+    plain = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=10.0), threads=4)
+    looped = simulate(three_tokens, Geometry(1, 1), "lru", replace(profile(copy_ms=10.0), step_overhead_ms=2.0), threads=4)
+    # three decode steps, each 2 ms later; the copy in flight from token 0 lands before token 1 either way
+    assert looped.decode_s == pytest.approx(plain.decode_s + 3 * 2e-3)
+    assert looped.overhead_s == pytest.approx(plain.overhead_s + 3 * 2e-3)
+    assert (looped.hits, looped.misses) == (plain.hits, plain.misses)
 
 
 def test_a_miss_runs_on_the_gpu_when_its_copy_finishes_before_the_cpu_would(three_tokens):
