@@ -569,7 +569,7 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
     import torch
 
     from expertcache.errors import ConfigError
-    from expertcache.runtime.bench import BenchSetup, check_systems, dense_drift, format_layer_times, format_table, run_bench
+    from expertcache.runtime.bench import BenchSetup, check_systems, dense_drift, format_layer_times, format_table, roofline_note, run_bench
     from expertcache.runtime.loader import model_dtype, plan_memory
     from expertcache.units import parse_bytes
 
@@ -625,6 +625,8 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
                f"{new_tokens} new tokens, {threads} CPU threads{', eager decode' if enforce_eager else ''}"
                f"{f', median of {rounds} interleaved rounds' if rounds > 1 else ''}; {machine}\n")  # fmt: skip
     click.echo(format_table(rows))
+    if note := roofline_note(rows, profile, threads):
+        click.echo(f"\n{note}")
     click.echo("\ndecode layers by how their misses ran: count: ms per layer measured / as the miss rule priced it (host's part)\n")
     click.echo(format_layer_times(rows))
     save(profile, chosen, rows, complete=True)

@@ -57,6 +57,10 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
         assert row["decode_tokens_per_s"] > 0 and row["roofline_tokens_per_s"] > 0 and row["desktop_tokens_per_s"] > 0
         assert len(row["decode_tokens_per_s_runs"]) == 2 and row["decode_tokens_per_s"] == min(row["decode_tokens_per_s_runs"])
         assert row["copies_after_last_pass_s"] >= 0.0  # reported beside the decode time it is not part of
+        assert row["cpu_expert_ms_after"] > 0  # the CPU speed its roofline is priced at
+    after = [row["cpu_expert_ms_after"] for row in rows.values()]
+    calibrated = document["profile"]["cpu_expert_ms"]["1"]["1"]
+    assert f"rooflines at the CPU expert time measured after each run, {min(after):.2f}-{max(after):.2f} ms (calibrated {calibrated:.2f} ms" in result.stdout
     assert "round 2 of 2" in result.stderr
     # each round's speed, and expertcache's ratio over each peer in it, beside the row's
     assert re.search(r"\| fetch \| [^|]+ \| [^|]+ \| \d+\.\d\d \(\d+\.\d\d, \d+\.\d\d\) \|", result.stdout)
