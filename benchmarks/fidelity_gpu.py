@@ -85,7 +85,6 @@ def main() -> None:
         model.generate(prompt, max_new_tokens=4, do_sample=False)
     del model.expertcache
     configs = [CacheConfig(sets=sets, ways=ways, policy=policy) for sets, ways in geometries for policy in args.policies.split(",")]
-    calibrated_ms = profile.cpu_expert_ms[args.threads][1]
     rows, timings = [], []
     with contextlib.nullcontext(args.traces_out) if args.traces_out else tempfile.TemporaryDirectory() as traces_dir:
         tmp = Path(traces_dir)
@@ -111,7 +110,7 @@ def main() -> None:
                 measured = runtime.stats
                 replay = ReplayInput.from_trace(read_trace(path))
                 predicted = simulate(replay, config.geometry, policy, profile, args.threads)
-                local = profile.with_cpu_slower((before_ms + after_ms) / 2 / calibrated_ms)
+                local = profile.with_cpu_at(args.threads, (before_ms + after_ms) / 2)
                 predicted_local = simulate(replay, config.geometry, policy, local, args.threads)
                 whole = simulate(replay, config.geometry, policy, replace(profile, split_min_gpu_share=0.0), args.threads)
                 row = {"sets": sets, "ways": ways, "policy": policy, "measured_tokens_per_s": measured.decode_tokens_per_s,

@@ -99,7 +99,9 @@ def main() -> None:
             geometry = Geometry(row["sets"], row["ways"])
             predicted = simulate(replay, geometry, row["policy"], priced, row["threads"], placement=row["placement"], keep_outcome=True)
             error = predicted.tokens_per_s / row["decode_tokens_per_s"] - 1
-            bound = roofline(replay, predicted.outcome, priced, row["threads"]).tokens_per_s
+            # at the CPU measured after the run, as the bench prices it (benches from session 17 on)
+            at_run = priced.with_cpu_at(row["threads"], row["cpu_expert_ms_after"]) if "cpu_expert_ms_after" in row else priced
+            bound = roofline(replay, predicted.outcome, at_run, row["threads"]).tokens_per_s
             detail = f"  roofline {bound:.2f} ({row['decode_tokens_per_s'] / bound:.0%} of it)"
             if row["placement"] == "cache":
                 detail += f"  splits: ran {row['measured'].get('split', '?')}, here {predicted.split}"

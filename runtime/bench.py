@@ -125,8 +125,7 @@ def run_system(
     predicted = simulate(replay, config.geometry, config.policy, profile, setup.threads, config.seed, True, placement)
     desktop = load_profile(DESKTOP)
     on_desktop = simulate(replay, config.geometry, config.policy, desktop, desktop.thread_counts[-1], config.seed, placement=placement)
-    at_run = profile.with_cpu_slower(cpu_ms_after / profile.cpu_expert_ms[setup.threads][1])
-    bound = roofline(replay, predicted.outcome, at_run, setup.threads)
+    bound = roofline(replay, predicted.outcome, profile.with_cpu_at(setup.threads, cpu_ms_after), setup.threads)
     generated = setup.requests * setup.new_tokens
     row = {
         "system": system, "placement": placement, "sets": config.sets, "ways": config.ways, "policy": config.policy,

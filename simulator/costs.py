@@ -92,6 +92,11 @@ class Profile:
         measured now (``calibrate.cpu_expert_ms``) against when the profile was taken."""
         return replace(self, cpu_expert_ms={t: {n: ms * factor for n, ms in row.items()} for t, row in self.cpu_expert_ms.items()})
 
+    def with_cpu_at(self, threads: int, one_token_ms: float) -> "Profile":
+        """This profile with its CPU as measured later: one token's expert at ``threads`` taking
+        ``one_token_ms``, every CPU time scaled alike (``with_cpu_slower``)."""
+        return self.with_cpu_slower(one_token_ms / self.cpu_expert_ms[threads][1])
+
     def to_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2) + "\n")
 

@@ -74,6 +74,7 @@ def test_a_cpu_measured_slower_moves_the_miss_to_the_copy_path(three_tokens):
     hand = profile(copy_ms=10.0)
     slower = hand.with_cpu_slower(1.5)
     assert slower.cpu_expert_ms == {4: {1: 15.0}} and hand.cpu_expert_ms == {4: {1: 10.0}}
+    assert hand.with_cpu_at(4, 15.0).cpu_expert_ms == slower.cpu_expert_ms  # as measured after a run
     # token 0: CPU 15 ms now loses to copy 10 + GPU 0.1
     assert simulate(three_tokens, Geometry(1, 1), "lru", slower, threads=4).decode_s == pytest.approx((11.1 + 1.1 + 1.1) / 1e3)
 
