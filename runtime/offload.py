@@ -6,7 +6,7 @@ resident run on the GPU from their slots (a decode step's, one row, replayed fro
 graph: ``runtime.slot_graphs``). Each miss runs where the simulator's rule
 (``schedule.split_misses``) says it finishes first: on the CPU right away, on the GPU once
 copied (into its new slot, or a staging slot when the policy does not keep it), or, for a
-layer's lone miss, shared between the two (``runtime.split``). Misses the cache keeps are copied
+layer's last miss, shared between the two (``runtime.split``). Misses the cache keeps are copied
 either way, so the next token that wants them hits. The host waits for the GPU once per layer,
 for the routing; all GPU work is queued without waiting, so the CPU computes its share while the
 GPU computes and the link copies theirs. The copies start first, before any kernel is queued:
@@ -401,7 +401,7 @@ class CachedExperts:
         self, module: nn.Module, layer: int, expert: int, rows: torch.Tensor, rows_on_host: torch.Tensor, slot: int, gpu_share: float
     ) -> float:
         """``expert`` of ``layer`` applied to ``rows`` (and their host copy, which a layer makes once
-        for all its CPU work) split at ``gpu_share`` through ``slot``, as a layer's lone miss runs:
+        for all its CPU work) split at ``gpu_share`` through ``slot``, as a layer's last miss runs:
         queued on the GPU, its CPU share computed. Returns the CPU share's seconds: calibration times
         the host's cost of a split besides them."""
         record = LayerPass(layer, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0, dtype=bool), np.zeros(0))
@@ -440,15 +440,12 @@ class CachedExperts:
         return copied
 
     def _copy_split(self, record: LayerPass, job: "ExpertJob", cut: Cut) -> SplitCopies:
-        """Start the copies of a miss shared between the two (``runtime.split``): the GPU's slices
-        first, then the CPU's when the cache keeps the expert. Returns the events of the GPU's units
-        and of the output projection landing."""
+        """Start the copies of the GPU's slices of a miss shared between the two (``runtime.split``).
+        Returns the events of its units and of the output projection landing."""
         host_row = self.host[record.layer][job.expert]
         gpu_units = cut.unit_ranges(self.layout, on_gpu=True)
         units_landed = self.pool.fill(job.slot, host_row, gpu_units) if gpu_units else None
         down_landed = self.pool.fill(job.slot, host_row, cut.down_ranges(self.layout))
-        if job.slot < self.config.slots:  # kept: the rest follows, behind what the GPU waits for
-            self.pool.fill(job.slot, host_row, cut.unit_ranges(self.layout, on_gpu=False))
         return units_landed, down_landed
 
     def _queue_gpu_work(
@@ -456,24 +453,31 @@ class CachedExperts:
     ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor | None], list[SplitCopies]]:
         """The layer's GPU side: the copies the GPU waits for (``_start_fetch_copies``, each split's
         ``_copy_split``), then the kernels of resident experts, copied misses and each split's GPU
-        units, then the copies of kept misses the CPU computes, behind those the GPU waits for. A
+        units, then the copies of kept misses the CPU computes (a kept split's CPU slices last), behind
+        those the GPU waits for, in the order the miss rule charges them. A
         copy into a slot that one of the layer's hits reads must wait until their kernels are
-        queued: then every copy starts behind the hits' kernels, in order. Returns the GPU experts'
-        outputs by expert, each split's GPU units' activations (None when the CPU has them all) and
-        each split's copy events."""
+        queued: then every copy starts behind the hits' kernels, in order. So must a split's copies
+        into a staging slot that a copied miss of the layer reads (a layer with more misses on the
+        GPU than there are staging slots). Returns the GPU experts' outputs by expert, each split's
+        GPU units' activations (None when the CPU has them all) and each split's copy events."""
         read = {job.slot for job in plan.resident}
         ahead = self.copies_first and not any(job.slot in read for job in plan.fetched + plan.split)
+        fetched = {job.slot for job in plan.fetched}
+        split_ahead = ahead and not any(job.slot in fetched for job in plan.split)
         copied = self._start_fetch_copies(record, plan.fetched) if ahead else set()
-        split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if ahead else []
+        split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if split_ahead else []
         outputs: dict[int, torch.Tensor] = {}
         self._run_on_gpu(module, record, rows, plan.resident, outputs)
         self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True, copied=copied)
-        if not ahead:
+        if not split_ahead:
             split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
         gpu_parts = [self._split_units(module, record, rows, job, cut, units_landed)
                      for job, cut, (units_landed, _) in zip(plan.split, cuts, split_copies)]  # fmt: skip
         for s, expert in plan.background:
             self.pool.fill(s, self.host[record.layer][expert])
+        for job, cut in zip(plan.split, cuts):
+            if job.slot < self.config.slots:  # kept: its CPU's slices follow, so the next token hits
+                self.pool.fill(job.slot, self.host[record.layer][job.expert], cut.unit_ranges(self.layout, on_gpu=False))
         return outputs, gpu_parts, split_copies
 
     def _split_units(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, units_landed: Landed) -> torch.Tensor | None:
@@ -552,7 +556,7 @@ class LayerPlan:
     resident: list[ExpertJob] = field(default_factory=list)
     fetched: list[ExpertJob] = field(default_factory=list)  # misses copied, then computed on the GPU
     on_cpu: list[ExpertJob] = field(default_factory=list)
-    split: list[ExpertJob] = field(default_factory=list)  # lone misses computed partly on each side
+    split: list[ExpertJob] = field(default_factory=list)  # the last miss, when computed partly on each side
     background: list[tuple[int, int]] = field(default_factory=list)  # (slot, expert): kept misses run on the CPU
     expert_s: float = 0.0  # when the miss rule expects the layer's expert work to end, from routing
     host_free_s: float = 0.0  # when it expects the host to be done with the layer, from routing

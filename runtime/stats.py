@@ -12,7 +12,7 @@ import numpy as np
 
 LAYER_KINDS = ("hits", "gpu", "cpu", "hybrid", "split")
 """How a layer's misses ran (``offload.LayerPlan.kind``): none missed; all copied then computed on
-the GPU; all on the CPU; some each way; a lone miss split between the two."""
+the GPU; all on the CPU; some each way; one miss split between the two (the others either way)."""
 
 
 @dataclass

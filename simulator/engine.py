@@ -3,7 +3,7 @@
 Each (forward pass, MoE layer) is charged as the runtime executes it: the dense part on the GPU,
 then hits on the GPU from their slots (waiting for a copy still in flight), then each miss where
 ``schedule.split_misses`` puts it: on the CPU, on the GPU after its copy (copies run one after
-another on the PCIe link), or a lone miss split between the two. The layer takes as long as the
+another on the PCIe link), or, for the layer's last miss, split between the two. The layer takes as long as the
 slower of the GPU and CPU paths, plus a fixed dispatch overhead, less the GPU's tail that the
 host's next dense work hides (``Profile.dense_overlap_ms``). Each decode pass first waits for the
 generation loop's own work since the last one (``Profile.step_overhead_ms``).

@@ -5,7 +5,7 @@ computed. The bound is the dense work plus the slower of two perfectly overlappe
 computing some misses one after another, and the GPU computing the hits and the other misses
 after their copies (copies back to back on the link). When the model's experts can be split
 (``Profile.split_min_gpu_share`` > 0), one miss may be shared between the two paths, the GPU
-taking at least that share of it, as the runtime can (only a layer's lone miss, there).
+taking at least that share of it, as the runtime can (the layer's last miss, there).
 The GPU's work may run on behind the host into the next layer's dense work, by as much as the
 machine lets the host go ahead (``Profile.dense_overlap_ms``); the CPU's may not, as it holds the
 host. Dispatch overhead is left out on purpose, and so is the generation loop's time between

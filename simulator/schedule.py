@@ -8,10 +8,13 @@ HybriMoE's intra-layer scheduling does. The rule is greedy, in the order the mis
 in: each goes where it would finish first given what the two paths already hold. The simulator
 calls it with its clocks; the runtime with its own estimate of the link and the profile's rates.
 
-A layer with a single miss leaves one path idle whichever way it goes, so that miss may also be
-split (``runtime.split``): the CPU computes some of its intermediate units while the weights of
-the others and of the output projection are copied, sized so that both end together; the GPU
-then finishes the expert.
+Whole misses leave a path idle at the layer's end: a lone miss leaves one idle throughout, and of
+two misses one each way, the sooner path waits for the other. So the layer's last miss may also
+be split (``runtime.split``): the CPU computes some of its intermediate units while the weights
+of the others and of the output projection are copied, sized so that both paths end together;
+the GPU then finishes the expert. On the lent H100 host half of Mixtral-8x7B's decode layers
+had two misses, and ran one each way in 8.4 ms where a split of the second would balance the
+paths at about 7 (Mixtral run 23, BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -63,9 +66,10 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
 
     Each miss is placed greedily where it would finish first, judged at its turn and as the host
     sees it: the host goes on to the next layer's dense work while the GPU finishes, so the last
-    ``dense_overlap_s`` of GPU work costs the layer nothing, while CPU work holds the host. A lone miss
-    may instead be split when ``split_min_gpu_share`` > 0, the GPU computing last, once the
-    CPU's share is done and its own copied. Then the layer is charged with every placement
+    ``dense_overlap_s`` of GPU work costs the layer nothing, while CPU work holds the host. The last
+    miss may instead be split when ``split_min_gpu_share`` > 0, given where the others went: its
+    GPU share copied behind theirs, its CPU share computed after theirs, the GPU computing last,
+    once the CPU's share is done and its own copied. Then the layer is charged with every placement
     known (a copy is slowed when the layer has CPU work, which a later miss may add). Writes
     ``gpu_share[j]`` (1: on the GPU, 0: on the CPU, between: split) and ``copy_end[j]`` (-1 when
     not copied) and adds CPU-busy, GPU-busy, link-busy and stall seconds to ``spent[0:4]``.
@@ -85,8 +89,12 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
         cpu_finish = cpu + cpu_s[n] * (cpu_slowdown if copying else 1.0) + (cpu_overhead_s if first_on_cpu else 0.0)
         on_gpu = mode == GPU_ONLY or (mode == HYBRID and gpu_seen < cpu_finish)
         gpu_share[j] = 1.0 if on_gpu else 0.0
-        if mode == HYBRID and count == 1 and rates[5] > 0:
-            gpu_share[j] = _split_share(n, link, gpu_path, issued, cpu, min(gpu_seen, cpu_finish), cpu_s, gpu_s, rates, gpu_share[j])
+        if mode == HYBRID and j == count - 1 and rates[5] > 0:
+            # the layer's end, as the host sees it, with this miss whole on either side
+            whole_on_gpu = max(gpu_seen, cpu)
+            whole_on_cpu = max(max(gpu_path - rates[7], issued), cpu_finish)
+            cpu_from = cpu + (cpu_overhead_s if first_on_cpu else 0.0)
+            gpu_share[j] = _split_share(n, link, gpu_path, cpu_from, min(whole_on_gpu, whole_on_cpu), cpu_s, gpu_s, rates, gpu_share[j])
         if on_gpu:
             gpu_path, link = gpu_finish, copied_at
             issued += launch_s
@@ -133,14 +141,16 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
 
 
 @njit(cache=True, error_model="numpy", inline="always")
-def _split_share(n, starts, gpu_from, issued, cpu, whole_finish, cpu_s, gpu_s, rates, whole_share):
-    """The GPU's share of a lone miss split across both paths, or ``whole_share`` when a split
-    would not let the host go on sooner (``whole_finish``: the sooner of the whole miss's ends,
-    each as the host sees it). The copy of the GPU's share and the CPU's work run at the same time,
-    so both are slowed; the CPU starts once the host has set the split going (``split_launch_s``)."""
+def _split_share(n, starts, gpu_from, cpu, whole_finish, cpu_s, gpu_s, rates, whole_share):
+    """The GPU's share of a miss split across both paths, or ``whole_share`` when a split would
+    not let the host go on sooner (``whole_finish``: the sooner of the layer's ends with the miss
+    whole, each as the host sees it). Its copy starts when the link is free (``starts``), its CPU
+    share when the CPU is (``cpu``, the CPU path's cost paid) and the host has set the split going
+    (``split_launch_s``, host work before any CPU work). The copy of the GPU's share and the CPU's
+    work run at the same time, so both are slowed."""
     copy = rates[0] * rates[2]
     on_cpu = cpu_s[n] * rates[1]
-    cpu_starts = max(cpu, issued + rates[6]) + rates[4]
+    cpu_starts = cpu + rates[6]
     # the copy of the GPU's share ends at starts + f * copy, the CPU's share at cpu_starts + (1 - f) * on_cpu
     share = max((cpu_starts + on_cpu - starts) / (copy + on_cpu), rates[5])
     if share > 1.0 - MIN_CPU_SHARE:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 
+import pandas as pd
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAMILIES
 from expertcache.runtime.loader import load
+from expertcache.runtime.record import Recorder, sibling
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
 from expertcache.simulator.policies import get_policy
@@ -24,8 +26,9 @@ SPLIT = Profile(
     name="split", expert_bytes=1_000_000, h2d_gbps=0.1, cpu_expert_ms={1: {1: 12.0}, 2: {1: 12.0}}, gpu_expert_ms={1: 0.1},
     dense_ms={1: 1.0}, layer_overhead_ms=0.0,
 )
-"""Copy 10 ms + GPU 0.1 against CPU 12 ms: of two misses in a layer, one runs on each side; a
-layer's lone miss is split between them when the link is free."""
+"""Copy 10 ms + GPU 0.1 against CPU 12 ms: of two misses in a layer, one runs on each side (a
+split of the second would wait behind the first's copy); a layer's lone miss is split between
+them when the link is free."""
 
 
 def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,8 +84,8 @@ def test_bypassing_and_score_policies_keep_the_output(model_dirs, policy):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("cpu_ms", [12.0, 4.0])  # the GPU takes half of a lone miss; only its output projection
-def test_lone_misses_split_between_the_gpu_and_the_cpu_keep_the_output(model_dirs, family, cpu_ms):
+@pytest.mark.parametrize("cpu_ms", [12.0, 4.0])  # a lone miss: the GPU takes about half of it; its output projection only
+def test_misses_split_between_the_gpu_and_the_cpu_keep_the_output(model_dirs, family, cpu_ms):
     model_dir = model_dirs(family)
     profile = replace(SPLIT, cpu_expert_ms={1: {1: cpu_ms}, 2: {1: cpu_ms}})
     splits = 0
@@ -91,6 +94,37 @@ def test_lone_misses_split_between_the_gpu_and_the_cpu_keep_the_output(model_dir
         assert torch.equal(out, reference(model_dir)[1]), policy
         splits += runtime.stats.split
     assert (splits > 0) == (family != "gpt_oss")  # gpt-oss stores its experts transposed: never cut
+
+
+def test_a_layers_second_miss_split_behind_its_first_keeps_the_output(model_dirs, tmp_path):
+    # CPU 4 ms against copy 10: of a decode layer's two misses the first runs on the CPU, the second
+    # is split, its GPU share copied while the CPU computes the first, then its own share
+    model_dir = model_dirs("mixtral")
+    ids, expected = reference(model_dir)
+    profile = replace(SPLIT, cpu_expert_ms={1: {1: 4.0}, 2: {1: 4.0}})
+    model = load(model_dir, config=CacheConfig(sets=3, ways=2, policy="eta"), device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None,
+                 profile=profile)  # fmt: skip
+    runtime = model.expertcache
+    runtime.recorder = Recorder(tmp_path / "r.parquet", runtime, "tiny")
+    runtime.begin_request(0)
+    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
+    runtime.end_pass()
+    runtime.recorder.close()
+    assert torch.equal(out, expected)
+    timing = pd.read_parquet(sibling(tmp_path / "r.parquet", "timing"))
+    decode = timing[timing.phase == "decode"]
+    assert ((decode.kind == "split") & (decode.misses == 2)).any()
+
+
+def test_a_split_through_a_staging_slot_that_a_copied_miss_reads_keeps_the_output(model_dirs):
+    # copies of 1 ms against CPU experts of 2.5: a prefill layer copies most of its misses, through
+    # the two staging slots in turn where a 2 x 1 cache keeps few, and splits its last one through
+    # a staging slot a copied miss reads too: its slices wait until that miss's kernels are queued
+    model_dir = model_dirs("mixtral")
+    fast_link = replace(SPLIT, h2d_gbps=1.0, cpu_expert_ms={1: {1: 2.5}, 2: {1: 2.5}})
+    out, runtime = cached_generate(model_dir, CacheConfig(sets=2, ways=1, policy="lru"), profile=fast_link)
+    assert torch.equal(out, reference(model_dir)[1])
+    assert runtime.stats.staged > len(runtime._staging) and runtime.stats.split > 0
 
 
 def test_every_miss_on_the_gpu_path_keeps_the_output(model_dirs):

@@ -73,7 +73,7 @@ def test_each_decode_layer_is_timed_against_its_plan_by_how_its_misses_ran(model
     runtime.recorder.close()
     timing = pd.read_parquet(sibling(tmp_path / "k.parquet", "timing"))
     assert set(timing.kind) <= set(LAYER_KINDS) and {"hybrid", "split"} <= set(timing.kind)
-    assert (timing.kind == "split").sum() == runtime.stats.split  # a split layer has one miss, split
+    assert (timing.kind == "split").sum() == runtime.stats.split  # a split layer splits one miss
     assert (timing.kind == "hits").eq(timing.misses == 0).all()
     # every MoE layer but a pass's last is timed, up to the next one's routing, and priced at least its dense time
     last = timing.layer == timing.layer.max()

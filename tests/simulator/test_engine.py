@@ -264,7 +264,26 @@ def test_no_split_for_a_layout_that_cannot_be_cut_nor_when_a_whole_side_is_soone
     split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 20.0, 0.0,
                  cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
     assert share[0] == 0.0
-    # two misses run one on each side, never split
+    # two misses, copy 6 against CPU 7: one each way ends at 7; a split of the second at its least
+    # share would copy it behind the first, 6 + 2, too late
     split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.0, 0.0, 0.0,
-                 cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
+                 np.array([0.0, 7.0]), gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
     assert share.tolist() == [1.0, 0.0]
+
+
+def test_of_two_misses_the_second_is_split_given_where_the_first_went():
+    gpu_s = np.array([0.0, 0.1])
+    share, copy_end, spent = np.zeros(2), np.zeros(2), np.zeros(4)
+    # CPU 4, copy 6: the first runs on the CPU (4 < 6.1); the second's copy starts at once and the
+    # CPU takes it up after the first: f * 6 = 4 + (1 - f) * 4 at f = 0.8, then the GPU's 0.1
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                                  np.array([0.0, 4.0]), gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
+    assert share.tolist() == pytest.approx([0.0, 0.8])
+    assert (gpu, cpu, link) == pytest.approx((4.9, 4.8, 4.8)) and copy_end.tolist() == pytest.approx([-1.0, 4.8])
+    assert spent.tolist() == pytest.approx([4.8, 0.1, 4.8, 4.8])
+    # CPU 10, copy 6: the first is copied (6.1 < 10); the second's slices queue behind it (balanced at
+    # f = 0.25, below a third): copied 6 to 8 while the CPU computes its other two thirds by 6.67
+    gpu, cpu, link = split_misses(np.array([1, 1]), np.array([False, False]), 2, HYBRID, 0.0, 0.0, 0.0, 0.0,
+                                  np.array([0.0, 10.0]), gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3), share, copy_end, spent)  # fmt: skip
+    assert share.tolist() == pytest.approx([1.0, 1 / 3])
+    assert (gpu, cpu, link) == pytest.approx((8.1, 20 / 3, 8.0)) and copy_end.tolist() == pytest.approx([6.0, 8.0])
