@@ -118,6 +118,7 @@ def run_system(
     drain_s = time.perf_counter() - drain_started
     joules = meter.joules()
     cpu_ms_after = cpu_expert_ms(model, setup.threads, warm_up_s=SPOT_WARM_UP_S, window_s=SPOT_WINDOW_S)[1]
+    pace = runtime.cpu_pace  # the CPU speed its misses were placed at, at the end (runtime.cpu_pace)
     runtime.recorder.close()
     stats = runtime.stats
 
@@ -132,6 +133,7 @@ def run_system(
         "threads": setup.threads, "prefill_s": stats.prefill_s, "prefill_tokens": stats.prefill_tokens,
         "decode_tokens_per_s": stats.decode_tokens_per_s, "hit_rate": stats.hit_rate, "copies": stats.copies,
         "roofline_tokens_per_s": bound.tokens_per_s, "cpu_expert_ms_after": cpu_ms_after, "predicted_tokens_per_s": predicted.tokens_per_s,
+        "cpu_pace_scale": pace.scale if pace is not None and pace.observed else None,
         "desktop_tokens_per_s": on_desktop.tokens_per_s,
         **{f"{source}_joules_per_token": value / generated for source, value in joules.items()},
         "copies_after_last_pass_s": drain_s,  # untimed, as in the simulator: no pass waited for them
@@ -269,8 +271,13 @@ def roofline_note(rows: list[dict], profile: Profile, threads: int) -> str:
     after = [r["cpu_expert_ms_after"] for r in rows if "cpu_expert_ms_after" in r]
     if not after:
         return ""
-    return (f"rooflines at the CPU expert time measured after each run, {min(after):.2f}-{max(after):.2f} ms "
-            f"(calibrated {profile.cpu_expert_ms[threads][1]:.2f} ms, one token, {threads} threads)")  # fmt: skip
+    calibrated = profile.cpu_expert_ms[threads][1]
+    note = (f"rooflines at the CPU expert time measured after each run, {min(after):.2f}-{max(after):.2f} ms "
+            f"(calibrated {calibrated:.2f} ms, one token, {threads} threads)")  # fmt: skip
+    paced = [r["cpu_pace_scale"] for r in rows if r.get("cpu_pace_scale")]
+    if paced:
+        note += f"; expertcache placed its misses at its own CPU experts' pace, ending at {min(paced) * calibrated:.2f}-{max(paced) * calibrated:.2f} ms"
+    return note
 
 
 def _layer_cell(layers: dict | None) -> str:

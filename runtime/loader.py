@@ -147,6 +147,7 @@ def load(
     dtype: str | torch.dtype = "auto",
     trust_remote_code: bool = False,
     cuda_graphs: bool = True,
+    pace_cpu: bool | None = None,
 ) -> PreTrainedModel:
     """Load a local Hugging Face MoE model with its routed experts behind a GPU expert cache.
 
@@ -155,7 +156,7 @@ def load(
     >>> model.expertcache.stats.hit_rate                                          # doctest: +SKIP
 
     ``device="cpu"`` keeps the slot pool on the CPU: the same code path, for tests and CI.
-    ``cuda_graphs=False`` decodes eagerly on a GPU too (``attach``).
+    ``cuda_graphs=False`` decodes eagerly on a GPU too, ``pace_cpu`` (``attach``).
     """
     device = torch.device(device)
     path = Path(model_path)
@@ -185,7 +186,7 @@ def load(
         path, dtype=torch_dtype, experts_implementation=IMPLEMENTATION, trust_remote_code=trust_remote_code
     )
     host = {layer: _move_experts_to_host(module, pin=device.type == "cuda") for layer, _, module in find_experts_modules(model)}
-    return attach(model, host, config, device, threads, profile, plan.top_k, cuda_graphs=cuda_graphs)
+    return attach(model, host, config, device, threads, profile, plan.top_k, cuda_graphs=cuda_graphs, pace_cpu=pace_cpu)
 
 
 def attach(
@@ -198,6 +199,7 @@ def attach(
     top_k: int,
     placement: str = "cache",
     cuda_graphs: bool = True,
+    pace_cpu: bool | None = None,
 ) -> PreTrainedModel:
     """Move the dense rest of ``model`` to ``device`` and put its experts behind the cache.
 
@@ -208,7 +210,9 @@ def attach(
     (``runtime.attention``: it cost decode a graph build per token). ``generate`` decodes into one
     reused static key-value cache (``runtime.kv``), and on a GPU its decode steps replay CUDA
     graphs of the work between the experts (``runtime.graphs``) and of each slot's one-row expert
-    (``runtime.slot_graphs``) unless ``cuda_graphs`` is False.
+    (``runtime.slot_graphs``) unless ``cuda_graphs`` is False. With ``pace_cpu`` (by default on a
+    GPU) misses are placed at the CPU speed the runtime's own CPU experts show (``runtime.cpu_pace``),
+    not at the profile's; on the CPU device the profile's prices stand, as tests set them.
     """
     model.eval()
     torch.set_num_threads(threads)  # the CPU experts run with the thread count they are priced at
@@ -229,7 +233,7 @@ def attach(
     model.expertcache = CachedExperts(
         [(layer, module) for layer, _, module in experts], host, layout, config, num_layers, device, profile, threads, top_k,
         placement=placement, graphs=graphs if cuda_graphs and device.type == "cuda" else None,
-        slot_graphs=cuda_graphs and device.type == "cuda",
+        slot_graphs=cuda_graphs and device.type == "cuda", pace_cpu=device.type == "cuda" if pace_cpu is None else pace_cpu,
     )
     return model
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
 
+from expertcache.runtime.cpu_pace import CpuPace
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.graphs import DecodeGraphs
 from expertcache.runtime.slot_graphs import SlotGraphs
@@ -105,6 +106,7 @@ class CachedExperts:
         placement: str = "cache",
         graphs: DecodeGraphs | None = None,
         slot_graphs: bool = False,
+        pace_cpu: bool = False,
     ) -> None:
         self.config = config
         self.layout = layout
@@ -141,6 +143,8 @@ class CachedExperts:
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._dense_s = profile.dense_table_s(PRICED_TOKENS)
         self._rates = rates_of(profile, layout.nbytes)
+        # the CPU's speed as the runtime's own CPU experts find it (runtime.cpu_pace); None: the profile's
+        self.cpu_pace = CpuPace() if pace_cpu else None
         if self._rates[5] > 0:  # the profile allows splits: at this model's least GPU share, or none
             self._rates[5] = least_gpu_share(layers[0][1], layout)
         self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end
@@ -358,12 +362,13 @@ class CachedExperts:
         if not missed:
             return [], launched, max(busy, launched)
         rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
+        cpu_s = self._cpu_s if self.cpu_pace is None else self._cpu_s[: rows.max() + 1] * self.cpu_pace.scale
         admitted = np.array([job.slot >= 0 for job in missed])
         gpu_share, copy_end = np.zeros(len(missed)), np.zeros(len(missed))
         now = time.perf_counter()
         gpu_end, cpu_end, link_free = split_misses(
             rows, admitted, len(rows), self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
-            self._cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, np.zeros(4),
+            cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, np.zeros(4),
         )  # fmt: skip
         self._link_free_at = now + link_free
         return gpu_share.tolist(), cpu_end, max(gpu_end, cpu_end)
@@ -420,7 +425,13 @@ class CachedExperts:
         cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
         outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts)
         on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
-        on_host |= {job.expert: self._cpu_share(module, record, rows, job) for job in plan.on_cpu}
+        # the rule priced a whole CPU expert slower while the layer's copies read host memory too
+        contention = self._rates[1] if plan.fetched or plan.split or plan.background else 1.0
+        for job in plan.on_cpu:
+            before = record.cpu_s
+            on_host[job.expert] = self._cpu_share(module, record, rows, job)
+            if self.cpu_pace is not None and job.row_count == 1:  # decode's experts: the profile's one-token point
+                self.cpu_pace.observe(record.cpu_s - before, self._cpu_s[1] * contention)
         for job in plan.on_cpu:
             outputs[job.expert] = self._to_device(record, on_host[job.expert])
         for job, gpu_part, (_, down_landed) in zip(plan.split, gpu_parts, split_copies):

@@ -46,6 +46,7 @@ def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
 def cached_generate(model_dir: str, config: CacheConfig, **load_args) -> tuple[torch.Tensor, object]:
     ids, _ = reference(model_dir)
     load_args.setdefault("profile", SPLIT)
+    load_args.setdefault("pace_cpu", False)  # the profile's CPU price places the misses these tests need
     model = load(model_dir, config=config, device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None, **load_args)
     model.expertcache.begin_request(0)
     out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
@@ -103,7 +104,7 @@ def test_a_layers_second_miss_split_behind_its_first_keeps_the_output(model_dirs
     ids, expected = reference(model_dir)
     profile = replace(SPLIT, cpu_expert_ms={1: {1: 4.0}, 2: {1: 4.0}})
     model = load(model_dir, config=CacheConfig(sets=3, ways=2, policy="eta"), device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None,
-                 profile=profile)  # fmt: skip
+                 profile=profile, pace_cpu=False)  # fmt: skip
     runtime = model.expertcache
     runtime.recorder = Recorder(tmp_path / "r.parquet", runtime, "tiny")
     runtime.begin_request(0)
@@ -125,6 +126,18 @@ def test_a_split_through_a_staging_slot_that_a_copied_miss_reads_keeps_the_outpu
     out, runtime = cached_generate(model_dir, CacheConfig(sets=2, ways=1, policy="lru"), profile=fast_link)
     assert torch.equal(out, reference(model_dir)[1])
     assert runtime.stats.staged > len(runtime._staging) and runtime.stats.split > 0
+
+
+def test_a_paced_cpu_places_misses_at_its_measured_speed_and_keeps_the_output(model_dirs):
+    # SPLIT prices a CPU expert at 12 ms; the tiny model's take well under one. Paced, the runtime
+    # finds that out from its first CPU experts and sends more of the later misses to the CPU
+    model_dir = model_dirs("mixtral")
+    config = CacheConfig(sets=3, ways=2, policy="eta")
+    _, fixed = cached_generate(model_dir, config)
+    out, paced = cached_generate(model_dir, config, pace_cpu=True)
+    assert torch.equal(out, reference(model_dir)[1])
+    assert fixed.cpu_pace is None and paced.cpu_pace.observed > 0 and paced.cpu_pace.scale < 0.5
+    assert paced.stats.cpu_experts > fixed.stats.cpu_experts and paced.stats.fetched < fixed.stats.fetched
 
 
 def test_every_miss_on_the_gpu_path_keeps_the_output(model_dirs):
