@@ -156,7 +156,7 @@ def load(
     >>> model.expertcache.stats.hit_rate                                          # doctest: +SKIP
 
     ``device="cpu"`` keeps the slot pool on the CPU: the same code path, for tests and CI.
-    ``cuda_graphs=False`` decodes eagerly on a GPU too, ``pace_cpu`` (``attach``).
+    ``cuda_graphs`` and ``pace_cpu``: see ``attach``.
     """
     device = torch.device(device)
     path = Path(model_path)

@@ -6,7 +6,8 @@ it). On the lent H100 host one expert copies (6.5 ms) about as fast as the CPU c
 (7.3 ms), so sending one of a layer's two misses each way nearly halves the layer, which is what
 HybriMoE's intra-layer scheduling does. The rule is greedy, in the order the misses are handed
 in: each goes where it would finish first given what the two paths already hold. The simulator
-calls it with its clocks; the runtime with its own estimate of the link and the profile's rates.
+calls it with its clocks; the runtime with its own estimate of the link, the profile's rates and,
+on a GPU, the CPU's speed as its own CPU experts show it (``runtime.cpu_pace``).
 
 Whole misses leave a path idle at the layer's end: a lone miss leaves one idle throughout, and of
 two misses one each way, the sooner path waits for the other. So the layer's last miss may also
