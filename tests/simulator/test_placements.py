@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import decode_rows, tiny_meta, write_trace
+from expertcache.simulator.costs import Profile
 from expertcache.simulator.engine import HIT, ReplayInput, simulate
 from expertcache.simulator.geometry import Geometry
 from expertcache.simulator.roofline import roofline
-from expertcache.traces.io import read_trace
+from expertcache.traces.io import Trace, read_trace
 from test_engine import profile
 
 
@@ -59,3 +63,24 @@ def test_roofline_takes_the_faster_of_cpu_and_copy_for_each_miss(two_layers):
     # the dense time
     hidden = roofline(two_layers, lru.outcome, profile(copy_ms=5.0, dense_overlap_ms=0.5), threads=4)
     assert hidden.decode_s == pytest.approx((2 * 5.6 + 4 * 1.0) / 1e3)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.data(), st.integers(1, 3), st.integers(2, 6), st.integers(1, 2), st.integers(2, 10),
+    st.floats(0.5, 20.0), st.floats(0.5, 20.0), st.floats(0.1, 2.0), st.floats(0.0, 1.0), st.sampled_from([0.0, 1 / 3]),
+)  # fmt: skip
+def test_no_schedule_the_simulator_prices_beats_the_roofline(data, layers, experts, top_k, tokens, copy_ms, cpu_ms, dense_ms, overlap, least_share):
+    """The miss rule's schedule, with its launches, contention and greedy order, never ends a run
+    sooner than the roofline's best split of the same hits and misses (splits beside other misses too)."""
+    draw = st.lists(st.integers(0, experts - 1), min_size=top_k, max_size=top_k, unique=True)
+    choices = [[data.draw(draw) for _ in range(layers)] for _ in range(tokens)]
+    meta = tiny_meta(num_layers=layers, num_experts=experts, top_k=top_k, expert_bytes=1_000_000)
+    replay = ReplayInput.from_trace(Trace(meta, pd.DataFrame(decode_rows(choices))))
+    costs = Profile(name="drawn", expert_bytes=1_000_000, h2d_gbps=1.0 / copy_ms, cpu_expert_ms={4: {1: cpu_ms}}, gpu_expert_ms={1: 0.1},
+                    dense_ms={1: dense_ms}, layer_overhead_ms=0.0, split_min_gpu_share=least_share, split_launch_ms=0.2,
+                    dense_overlap_ms=overlap * dense_ms)  # fmt: skip
+    slots = data.draw(st.integers(top_k, layers * experts))
+    for policy in ("lru", "eta"):
+        run = simulate(replay, Geometry(1, slots), policy, costs, threads=4, keep_outcome=True)
+        assert run.decode_s >= roofline(replay, run.outcome, costs, threads=4).decode_s - 1e-12, policy
