@@ -7,6 +7,10 @@ calibration's speed, the rule sends misses the wrong way for a whole run. The ru
 every whole CPU expert anyway; ``CpuPace`` keeps a moving average of measured over priced for
 decode's one-row experts, and the runtime prices the CPU, at every token count, at that scale
 when it places a layer's misses.
+
+It learns only from the CPU experts the rule runs, so a scale that prices the CPU too slow for the
+rule to run any would never be corrected: one expert's ratio is bounded (``RATIO_BOUNDS``), and each
+layer whose misses all went to the GPU eases the scale back towards calibration's (``RELAX``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,17 @@ WEIGHT = 1 / 16
 """Each CPU expert's share of the average. Decode computes about a hundred CPU experts a second on
 the lent hosts, so the average follows a change of speed within a fraction of a second, while one
 expert's spread (10-20 %) moves it by about 1 %."""
+
+RATIO_BOUNDS = (0.25, 4.0)
+"""One expert's measured-over-priced ratio is held within these. An expert the OS preempts can take
+ten times its price: on a loaded test host one such first expert priced the CPU so slow that the
+rule ran no other to correct it."""
+
+RELAX = WEIGHT / 4
+"""How far each layer whose misses all went to the GPU moves the scale back towards 1 (calibration's
+price). In a run that computes on the CPU such layers are rare, so they barely pull on what the
+CPU experts measure; in a run that stopped computing on the CPU, a few tokens bring the CPU back
+into the rule's reach, and its experts are measured again."""
 
 
 @dataclass
@@ -30,4 +45,9 @@ class CpuPace:
         if priced_s <= 0:
             return
         self.observed += 1
-        self.scale += WEIGHT * (measured_s / priced_s - self.scale)
+        low, high = RATIO_BOUNDS
+        self.scale += WEIGHT * (min(max(measured_s / priced_s, low), high) - self.scale)
+
+    def relax(self) -> None:
+        """A layer's misses all ran on the GPU: nothing measured, so lean towards calibration's price."""
+        self.scale += RELAX * (1.0 - self.scale)

@@ -432,6 +432,8 @@ class CachedExperts:
             on_host[job.expert] = self._cpu_share(module, record, rows, job)
             if self.cpu_pace is not None and job.row_count == 1:  # decode's experts: the profile's one-token point
                 self.cpu_pace.observe(record.cpu_s - before, self._cpu_s[1] * contention)
+        if self.cpu_pace is not None and plan.fetched and not (plan.on_cpu or plan.split):
+            self.cpu_pace.relax()
         for job in plan.on_cpu:
             outputs[job.expert] = self._to_device(record, on_host[job.expert])
         for job, gpu_part, (_, down_landed) in zip(plan.split, gpu_parts, split_copies):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import FAMILIES
 from expertcache.runtime.loader import load
+from expertcache.runtime.offload import STAGING_SLOTS
 from expertcache.runtime.record import Recorder, sibling
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
@@ -31,6 +33,12 @@ split of the second would wait behind the first's copy); a layer's lone miss is 
 them when the link is free."""
 
 
+def decode_layers(recording: Path) -> pd.DataFrame:
+    """The decode rows of a recording's timing sibling: one per (pass, MoE layer), with its kind."""
+    timing = pd.read_parquet(sibling(recording, "timing"))
+    return timing[timing.phase == "decode"]
+
+
 def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt ids and plain transformers' greedy continuation (default experts implementation)."""
     if model_dir not in _reference:
@@ -43,14 +51,25 @@ def reference(model_dir: str) -> tuple[torch.Tensor, torch.Tensor]:
     return _reference[model_dir]
 
 
-def cached_generate(model_dir: str, config: CacheConfig, **load_args) -> tuple[torch.Tensor, object]:
+def cached_generate(
+    model_dir: str, config: CacheConfig, record_to: Path | None = None, pace_from: float | None = None, **load_args
+) -> tuple[torch.Tensor, object]:
+    """The cached model's greedy continuation of the reference prompt, and its runtime; with
+    ``record_to``, the run recorded there (its timing sibling says how each layer's misses ran);
+    with ``pace_from``, the CPU paced (``runtime.cpu_pace``) from that scale of the profile's price."""
     ids, _ = reference(model_dir)
     load_args.setdefault("profile", SPLIT)
-    load_args.setdefault("pace_cpu", False)  # the profile's CPU price places the misses these tests need
+    load_args["pace_cpu"] = pace_from is not None  # unpaced, the profile's CPU price places the misses these tests need
     model = load(model_dir, config=config, device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None, **load_args)
+    if pace_from is not None:
+        model.expertcache.cpu_pace.scale = pace_from
+    if record_to is not None:
+        model.expertcache.recorder = Recorder(record_to, model.expertcache, "tiny")
     model.expertcache.begin_request(0)
     out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
     model.expertcache.end_pass()
+    if record_to is not None:
+        model.expertcache.recorder.close()
     graphs, slot_graphs = model.expertcache.graphs, model.expertcache.slot_graphs
     if DEVICE == "cuda":  # decode replayed CUDA graphs (runtime.graphs), each layer captured once,
         # but for a sliding-window cache (gpt-oss), which decodes eagerly; its one-row GPU experts
@@ -101,19 +120,10 @@ def test_a_layers_second_miss_split_behind_its_first_keeps_the_output(model_dirs
     # CPU 4 ms against copy 10: of a decode layer's two misses the first runs on the CPU, the second
     # is split, its GPU share copied while the CPU computes the first, then its own share
     model_dir = model_dirs("mixtral")
-    ids, expected = reference(model_dir)
     profile = replace(SPLIT, cpu_expert_ms={1: {1: 4.0}, 2: {1: 4.0}})
-    model = load(model_dir, config=CacheConfig(sets=3, ways=2, policy="eta"), device=DEVICE, gpu_budget=2**30 if DEVICE == "cuda" else None,
-                 profile=profile, pace_cpu=False)  # fmt: skip
-    runtime = model.expertcache
-    runtime.recorder = Recorder(tmp_path / "r.parquet", runtime, "tiny")
-    runtime.begin_request(0)
-    out = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=model.config.pad_token_id)
-    runtime.end_pass()
-    runtime.recorder.close()
-    assert torch.equal(out, expected)
-    timing = pd.read_parquet(sibling(tmp_path / "r.parquet", "timing"))
-    decode = timing[timing.phase == "decode"]
+    out, _ = cached_generate(model_dir, CacheConfig(sets=3, ways=2, policy="eta"), record_to=tmp_path / "r.parquet", profile=profile)
+    assert torch.equal(out, reference(model_dir)[1])
+    decode = decode_layers(tmp_path / "r.parquet")
     assert ((decode.kind == "split") & (decode.misses == 2)).any()
 
 
@@ -125,19 +135,21 @@ def test_a_split_through_a_staging_slot_that_a_copied_miss_reads_keeps_the_outpu
     fast_link = replace(SPLIT, h2d_gbps=1.0, cpu_expert_ms={1: {1: 2.5}, 2: {1: 2.5}})
     out, runtime = cached_generate(model_dir, CacheConfig(sets=2, ways=1, policy="lru"), profile=fast_link)
     assert torch.equal(out, reference(model_dir)[1])
-    assert runtime.stats.staged > len(runtime._staging) and runtime.stats.split > 0
+    assert runtime.stats.staged > STAGING_SLOTS and runtime.stats.split > 0
 
 
-def test_a_paced_cpu_places_misses_at_its_measured_speed_and_keeps_the_output(model_dirs):
-    # SPLIT prices a CPU expert at 12 ms; the tiny model's take well under one. Paced, the runtime
-    # finds that out from its first CPU experts and sends more of the later misses to the CPU
+def test_a_paced_cpu_places_misses_at_its_measured_speed_and_keeps_the_output(model_dirs, tmp_path):
+    # SPLIT prices a CPU expert at 12 ms against a copy of 10: of a decode layer's two misses one is
+    # copied whole. Paced from a tenth of that price (where the tiny model's far faster experts keep
+    # it), the CPU takes the first and shares the second with the GPU: none is copied whole
     model_dir = model_dirs("mixtral")
     config = CacheConfig(sets=3, ways=2, policy="eta")
-    _, fixed = cached_generate(model_dir, config)
-    out, paced = cached_generate(model_dir, config, pace_cpu=True)
+    _, fixed = cached_generate(model_dir, config, record_to=tmp_path / "fixed.parquet")
+    out, paced = cached_generate(model_dir, config, record_to=tmp_path / "paced.parquet", pace_from=0.1)
     assert torch.equal(out, reference(model_dir)[1])
-    assert fixed.cpu_pace is None and paced.cpu_pace.observed > 0 and paced.cpu_pace.scale < 0.5
-    assert paced.stats.cpu_experts > fixed.stats.cpu_experts and paced.stats.fetched < fixed.stats.fetched
+    assert fixed.cpu_pace is None and paced.cpu_pace.observed > 0 and paced.cpu_pace.scale < 1
+    kinds = {name: set(decode_layers(tmp_path / f"{name}.parquet").kind) for name in ("fixed", "paced")}
+    assert "hybrid" in kinds["fixed"] and not {"gpu", "hybrid"} & kinds["paced"], kinds
 
 
 def test_every_miss_on_the_gpu_path_keeps_the_output(model_dirs):
