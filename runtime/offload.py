@@ -425,20 +425,29 @@ class CachedExperts:
         cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
         outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts)
         on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
-        # the rule priced a whole CPU expert slower while the layer's copies read host memory too
-        contention = self._rates[1] if plan.fetched or plan.split or plan.background else 1.0
+        one_row_s = []  # decode's CPU experts' seconds, for the CPU pace
         for job in plan.on_cpu:
             before = record.cpu_s
             on_host[job.expert] = self._cpu_share(module, record, rows, job)
-            if self.cpu_pace is not None and job.row_count == 1:  # decode's experts: the profile's one-token point
-                self.cpu_pace.observe(record.cpu_s - before, self._cpu_s[1] * contention)
-        if self.cpu_pace is not None and plan.fetched and not (plan.on_cpu or plan.split):
-            self.cpu_pace.relax()
+            if job.row_count == 1:
+                one_row_s.append(record.cpu_s - before)
+        if self.cpu_pace is not None:
+            self._pace(plan, one_row_s)
         for job in plan.on_cpu:
             outputs[job.expert] = self._to_device(record, on_host[job.expert])
         for job, gpu_part, (_, down_landed) in zip(plan.split, gpu_parts, split_copies):
             outputs[job.expert] = self._finish_split(record, job, gpu_part, down_landed, on_host[job.expert])
         return outputs
+
+    def _pace(self, plan: "LayerPlan", one_row_s: list[float]) -> None:
+        """Tell the CPU pace (``runtime.cpu_pace``) what the layer's one-row CPU experts took against
+        the profile's one-token price, slowed as the rule prices them while the layer's copies read
+        host memory too; or, when the layer's misses all went to the GPU, that nothing was measured."""
+        contention = self._rates[1] if plan.fetched or plan.split or plan.background else 1.0
+        for seconds in one_row_s:
+            self.cpu_pace.observe(seconds, self._cpu_s[1] * contention)
+        if plan.fetched and not (plan.on_cpu or plan.split):
+            self.cpu_pace.relax()
 
     def _start_fetch_copies(self, record: LayerPass, fetched: list["ExpertJob"]) -> set[int]:
         """Start the copies of ``fetched`` in order, each slot's first only: a staging slot the layer
