@@ -129,8 +129,10 @@ class CachedExperts:
         self._slot_views = [layout.views(self.pool.buffer[s]) for s in range(slots)]
         # one-row experts replayed per slot (runtime.slot_graphs); None: they run eagerly
         self.slot_graphs = (
-            SlotGraphs(layers[0][1], self._slot_views, layout.hidden_size(layers[0][1]), layout.dtype, device) if slot_graphs and slots else None
-        )
+            SlotGraphs(layers[0][1], self._slot_views, layout.hidden_size(layers[0][1]), layout.dtype, device,
+                       splits=least_gpu_share(layers[0][1], layout) > 0)
+            if slot_graphs and slots else None
+        )  # fmt: skip
         self._zero_rows: dict[int, torch.Tensor] = {}
         if isinstance(self.cache, StaticPlacement):
             for layer in self.moe_layers:
@@ -264,7 +266,7 @@ class CachedExperts:
         record.kind, record.expert_s, record.host_free_s = plan.kind, plan.expert_s, plan.host_free_s
         # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
         hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
-        hidden_gpu = self.gpu_input(hidden) if plan.resident or plan.fetched else hidden
+        hidden_gpu = self.gpu_input(hidden) if plan.resident or plan.fetched or plan.split else hidden
         rows = LayerRows.of(hidden_gpu, hidden_cpu, plan.rows % tokens)
         # each row's router weight, in the dtype the router gave it, gathered on the host (one copy, no kernels)
         row_weights = torch.from_numpy(weights.T.reshape(-1)[plan.rows]).to(top_k_weights.dtype).to(hidden.device, non_blocking=True)
@@ -435,8 +437,8 @@ class CachedExperts:
             self._pace(plan, one_row_s)
         for job in plan.on_cpu:
             outputs[job.expert] = self._to_device(record, on_host[job.expert])
-        for job, gpu_part, (_, down_landed) in zip(plan.split, gpu_parts, split_copies):
-            outputs[job.expert] = self._finish_split(record, job, gpu_part, down_landed, on_host[job.expert])
+        for job, cut, gpu_part, (_, down_landed) in zip(plan.split, cuts, gpu_parts, split_copies):
+            outputs[job.expert] = self._finish_split(record, rows, job, cut, gpu_part, down_landed, on_host[job.expert])
         return outputs
 
     def _pace(self, plan: "LayerPlan", one_row_s: list[float]) -> None:
@@ -504,22 +506,41 @@ class CachedExperts:
 
     def _split_units(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, units_landed: Landed) -> torch.Tensor | None:
         """The GPU's units of a miss shared between the two (``runtime.split``), computed once
-        their slices land; None when the CPU has them all."""
+        their slices land; None when the CPU has them all. For one row in the slot graphs' input,
+        replayed from the slot's graph, which computes every unit (``SlotGraphs.replay_units``)."""
         if cut.units == 0:
             return None
         self.pool.acquire(job.slot, record.wait_events, units_landed)
+        graphs = self._split_graphs(rows)
+        if graphs is not None:
+            return self._timed_on_gpu(record, lambda: graphs.replay_units(job.slot))
         on_gpu, weights = rows.on_gpu(job), self._slot_views[job.slot]
         return self._timed_on_gpu(record, lambda: units_out(module, on_gpu, weights, 0, cut.units))
 
-    def _finish_split(self, record: LayerPass, job: "ExpertJob", gpu_part: torch.Tensor | None, down_landed: Landed, units_cpu: torch.Tensor) -> torch.Tensor:
+    def _finish_split(
+        self, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, gpu_part: torch.Tensor | None, down_landed: Landed,
+        units_cpu: torch.Tensor,
+    ) -> torch.Tensor:
         """A split's end, once the CPU's units are computed: their activations (a few KB) go to the
-        GPU, which applies the whole output projection."""
-        parts = ([] if gpu_part is None else [gpu_part]) + [self._to_device(record, units_cpu)]
-        self.pool.acquire(job.slot, record.wait_events, down_landed)
-        weights = self._slot_views[job.slot]
-        out = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"]))
+        GPU, which applies the whole output projection; replayed from the slot's graph, the CPU's
+        activations overwriting their part of the graphs' row, when the GPU's units were."""
+        graphs = self._split_graphs(rows)
+        if graphs is not None:
+            self._to_device(record, units_cpu, into=graphs.activations[:, cut.units :])
+            self.pool.acquire(job.slot, record.wait_events, down_landed)
+            out = self._timed_on_gpu(record, lambda: graphs.replay_down(job.slot))
+        else:
+            parts = ([] if gpu_part is None else [gpu_part]) + [self._to_device(record, units_cpu)]
+            self.pool.acquire(job.slot, record.wait_events, down_landed)
+            weights = self._slot_views[job.slot]
+            out = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"]))
         self.pool.release(job.slot)
         return out
+
+    def _split_graphs(self, rows: "LayerRows") -> SlotGraphs | None:
+        """The slot graphs, when they replay a split of this layer: its one row is in their input."""
+        graphs = self.slot_graphs
+        return graphs if graphs is not None and graphs.splits and rows.hidden is graphs.input else None
 
     def _cpu_share(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut | None = None) -> torch.Tensor:
         """``job``'s work on the CPU from the expert's host copy: the whole expert, or with ``cut``
@@ -545,12 +566,12 @@ class CachedExperts:
         record.gpu_events.append((start, end))
         return out
 
-    def _to_device(self, record: LayerPass, cpu_result: torch.Tensor) -> torch.Tensor:
-        """Queue a CPU result's copy to the GPU, timing the host's part in ``record``: from pageable
-        memory the driver may first wait for the compute stream (CUDA's API synchronization notes),
-        which holds the layer's GPU experts and their copies."""
+    def _to_device(self, record: LayerPass, cpu_result: torch.Tensor, into: torch.Tensor | None = None) -> torch.Tensor:
+        """Queue a CPU result's copy to the GPU (into ``into`` when given), timing the host's part in
+        ``record``: from pageable memory the driver may first wait for the compute stream (CUDA's
+        API synchronization notes), which holds the layer's GPU experts and their copies."""
         started = time.perf_counter()
-        on_device = cpu_result.to(self.device, non_blocking=True)
+        on_device = cpu_result.to(self.device, non_blocking=True) if into is None else into.copy_(cpu_result, non_blocking=True)
         record.output_queue_s += time.perf_counter() - started
         return on_device
 

@@ -18,6 +18,15 @@ is free again once it was captured, and the next capture may take it. Replays in
 stream then only overwrite what an earlier replay no longer needs. An output kept in the pool can
 be the scratch memory of a graph captured before it, whose replay then overwrites it (with outputs
 kept there, the equality tests on the GPU failed).
+
+A split expert (``runtime.split``) is replayed in two halves, when the model's experts can be split:
+the first contraction and the gate into one shared activations row (``replay_units``), and the
+output projection of that row (``replay_down``). The first half computes every unit, not only the
+GPU's: one graph per slot serves every cut, and the CPU's units then overwrite their part of the row
+before the second half reads it (each activation is its own dot product, so what the GPU computed
+there from slices not yet copied is discarded whole). It reads a whole first contraction instead of
+the GPU's share of it, about 0.1 ms of HBM on a Mixtral expert; eagerly, the two halves were about
+ten launches, 0.5 ms of the host's time on the lent H100 host (BENCHMARKS.md, session 18).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ import torch
 from torch import nn
 
 from expertcache.runtime.experts import expert_ffn
+from expertcache.runtime.split import units_out
 
 
 class SlotGraphs:
@@ -35,11 +45,21 @@ class SlotGraphs:
     config; the slot pool already holds them all in one layout), so one module's code is captured
     for every slot, whichever layer's expert the slot holds."""
 
-    def __init__(self, module: nn.Module, slot_views: list[dict[str, torch.Tensor]], hidden_size: int, dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(
+        self, module: nn.Module, slot_views: list[dict[str, torch.Tensor]], hidden_size: int, dtype: torch.dtype, device: torch.device,
+        splits: bool = False,
+    ) -> None:
         self.input = torch.zeros(1, hidden_size, dtype=dtype, device=device)
         self._outputs = [torch.empty(1, hidden_size, dtype=dtype, device=device) for _ in slot_views]
         self._graphs: list[torch.cuda.CUDAGraph] = []
+        # a split's halves (``splits``): the activations row both read, the output projection's result
+        intermediate = slot_views[0]["down_proj"].shape[-1] if splits else 0
+        self.activations = torch.zeros(1, intermediate, dtype=dtype, device=device) if splits else None
+        self.split_output = torch.empty(1, hidden_size, dtype=dtype, device=device) if splits else None
+        self._units_graphs: list[torch.cuda.CUDAGraph] = []
+        self._down_graphs: list[torch.cuda.CUDAGraph] = []
         self.replays = 0
+        self.split_replays = 0  # of them, splits' output projections: one per split replayed
         torch.cuda.synchronize(device)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
@@ -47,14 +67,18 @@ class SlotGraphs:
             expert_ffn(module, self.input, slot_views[0])  # cuBLAS sets up this stream's workspace outside any capture
             pool = torch.cuda.graph_pool_handle()
             for views, output in zip(slot_views, self._outputs):
-                graph = torch.cuda.CUDAGraph()
-                graph.capture_begin(pool=pool)
-                try:
-                    output.copy_(expert_ffn(module, self.input, views))
-                finally:
-                    graph.capture_end()
-                self._graphs.append(graph)
+                self._graphs.append(_captured(pool, lambda: output.copy_(expert_ffn(module, self.input, views))))
+                if splits:
+                    units = lambda: self.activations.copy_(units_out(module, self.input, views, 0, intermediate))  # noqa: E731
+                    down = lambda: self.split_output.copy_(nn.functional.linear(self.activations, views["down_proj"]))  # noqa: E731
+                    self._units_graphs.append(_captured(pool, units))
+                    self._down_graphs.append(_captured(pool, down))
         torch.cuda.current_stream(device).wait_stream(side)
+
+    @property
+    def splits(self) -> bool:
+        """Whether split experts replay their two halves here."""
+        return self.activations is not None
 
     def hold(self, row: torch.Tensor) -> torch.Tensor:
         """``row`` copied into the graphs' input, which the layer's GPU work then reads."""
@@ -66,3 +90,29 @@ class SlotGraphs:
         self._graphs[slot].replay()
         self.replays += 1
         return self._outputs[slot]
+
+    def replay_units(self, slot: int) -> torch.Tensor:
+        """Every unit's activation of the expert in ``slot`` for the input row, queued as one
+        launch into ``activations``; the caller overwrites the CPU's units before ``replay_down``."""
+        self._units_graphs[slot].replay()
+        self.replays += 1
+        return self.activations
+
+    def replay_down(self, slot: int) -> torch.Tensor:
+        """The output projection of the expert in ``slot`` applied to ``activations``, queued as one
+        launch; the returned buffer is overwritten by the next split's."""
+        self._down_graphs[slot].replay()
+        self.replays += 1
+        self.split_replays += 1
+        return self.split_output
+
+
+def _captured(pool, work) -> torch.cuda.CUDAGraph:
+    """``work`` captured as a graph in ``pool``, on the current (side) stream."""
+    graph = torch.cuda.CUDAGraph()
+    graph.capture_begin(pool=pool)
+    try:
+        work()
+    finally:
+        graph.capture_end()
+    return graph

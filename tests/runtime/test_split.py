@@ -68,6 +68,26 @@ def test_a_split_expert_reads_only_its_ranges_and_computes_the_whole_experts_out
     assert torch.allclose(out, expert_ffn(module, x, layout.views(row)), atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["gated", "ungated"])
+@pytest.mark.parametrize("share", [0.0, 0.5, 0.8])
+def test_every_unit_computed_from_a_partly_copied_slot_then_overwritten_by_the_cpus_keeps_the_output(kind, share):
+    # as a split replayed from its slot's graphs computes (runtime.slot_graphs): the GPU's half runs
+    # over every unit of a slot whose CPU part was never copied (NaN here), the CPU's units replace
+    # theirs in that row, and no NaN reaches the output projection
+    module = experts_module(kind)
+    layout = ExpertLayout.of(module)
+    row = row_of(module, layout, 0)
+    cut = Cut.of(layout, max(share, least_gpu_share(module, layout)))
+    slot = torch.full_like(row, float("nan"))
+    for start, end in cut.unit_ranges(layout, on_gpu=True) + cut.down_ranges(layout):
+        slot[start:end] = row[start:end]
+    x = torch.randn(1, HIDDEN)
+    activations = units_out(module, x, layout.views(slot), 0, cut.intermediate)
+    activations[:, cut.units :] = units_out(module, x, layout.views(row), cut.units, cut.intermediate)
+    out = torch.nn.functional.linear(activations, layout.views(slot)["down_proj"])
+    assert torch.allclose(out, expert_ffn(module, x, layout.views(row)), atol=1e-5)
+
+
 def test_cuts_fall_on_few_steps_near_the_share_asked_for():
     """Each cut is a new matrix shape for both devices, so cuts take few values (Mixtral's shape)."""
     hidden, intermediate = 4096, 14336
