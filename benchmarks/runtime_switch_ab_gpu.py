@@ -10,7 +10,9 @@ shape with routing forced from a trace and the built-in h100 profile (``eta_roun
 - ``copies-first``: a layer's copies start before its kernels are queued, or behind its hits'
   kernels (``CachedExperts.copies_first``);
 - ``slot-graphs``: one-row GPU experts replayed from each slot's CUDA graph, or run eagerly
-  (``CachedExperts.slot_graphs``, ``runtime.slot_graphs``).
+  (``CachedExperts.slot_graphs``, ``runtime.slot_graphs``);
+- ``split-graphs``: a decode step's split expert replayed from its slot's two split graphs, or run
+  eagerly while whole experts still replay theirs (``SlotGraphs.splits``).
 
 ``--device cpu --layers 1 --new-tokens 3 --rounds 1 --threads 2`` runs it without a GPU, as a smoke
 test (where the slot graphs do not exist, both settings run eagerly).
@@ -43,7 +45,14 @@ def _slot_graphs(runtime: CachedExperts, on: bool) -> None:
         runtime.slot_graphs = None
 
 
-SWITCHES: dict[str, Callable[[CachedExperts, bool], None]] = {"copies-first": _copies_first, "slot-graphs": _slot_graphs}
+def _split_graphs(runtime: CachedExperts, on: bool) -> None:
+    if not on and runtime.slot_graphs is not None:
+        runtime.slot_graphs.activations = None  # SlotGraphs.splits: False
+
+
+SWITCHES: dict[str, Callable[[CachedExperts, bool], None]] = {
+    "copies-first": _copies_first, "slot-graphs": _slot_graphs, "split-graphs": _split_graphs,
+}  # fmt: skip
 """Each switch, set on a freshly attached runtime."""
 
 

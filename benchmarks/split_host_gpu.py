@@ -6,7 +6,8 @@ the GPU's slices land, so part of it could be the host waiting to queue the CPU'
 pageable memory. This times ``CachedExperts.queue_split_expert`` on one Mixtral-shape expert at
 several shares, its parts timed one by one (the slices' copies, the GPU's units, the CPU's share,
 the activations' copy, the output projection), with the activations copied from pageable memory
-and from pinned memory in turn.
+and from pinned memory in turn, and the row read eagerly or, in the slot graphs' input, replayed
+from the slot's split graphs (``SlotGraphs.replay_units``, ``replay_down``; session 19).
 
     python benchmarks/split_host_gpu.py --out split-host.json
 """
@@ -38,9 +39,10 @@ SAMPLES = 12
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", default="mixtral-8x7b")
+    parser.add_argument("--layers", type=int, default=2, help="Layers built (one is timed).")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
-    model, host, top_k = build_full_size(args.shape, device="cuda")
+    model, host, top_k = build_full_size(args.shape, args.layers, device="cuda")
     device = torch.device("cuda")
     attach(model, host, CacheConfig(sets=1, ways=top_k, policy="lru"), device, 15, None, top_k)
     runtime = model.expertcache
@@ -63,18 +65,19 @@ def main() -> None:
     pinned = {"on": False}
     to_device = experts_class._to_device
 
-    def staged_to_device(self, record, cpu_result):
-        return to_device(self, record, cpu_result.pin_memory() if pinned["on"] else cpu_result)
+    def staged_to_device(self, record, cpu_result, into=None):
+        return to_device(self, record, cpu_result.pin_memory() if pinned["on"] else cpu_result, into)
 
     experts_class._to_device = staged_to_device
 
     module = runtime.layers[runtime.moe_layers[0]]
-    rows = torch.randn(1, model.config.get_text_config().hidden_size, dtype=runtime.layout.dtype, device=device)
-    rows_on_host = rows.cpu()
+    eager = torch.randn(1, model.config.get_text_config().hidden_size, dtype=runtime.layout.dtype, device=device)
+    rows_on_host = eager.cpu()
     experts = itertools.cycle(range(runtime.num_experts))
     results = []
-    for staged in (False, True, False, True):
+    for staged, way in itertools.product((False, True, False, True), ("eager", "graphs")):
         pinned["on"] = staged
+        rows = runtime.gpu_input(eager) if way == "graphs" else eager
         for share in SHARES:
             samples = []
             for i in range(SAMPLES + 1):  # the first one warms up
@@ -86,7 +89,7 @@ def main() -> None:
                 torch.cuda.synchronize()
                 if i:
                     samples.append({"host": host_s, "cpu": cpu_s, "done": time.perf_counter() - t, **spent})
-            row = {"pinned": staged, "share": share} | {k: round(1e3 * statistics.median(s[k] for s in samples), 3) for k in samples[0]}
+            row = {"pinned": staged, "rows": way, "share": share} | {k: round(1e3 * statistics.median(s[k] for s in samples), 3) for k in samples[0]}
             print(json.dumps(row), flush=True)
             results.append(row)
     with open(args.out, "w") as f:
