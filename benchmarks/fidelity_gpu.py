@@ -13,6 +13,8 @@ CPU's speed changes within a run); every configuration runs ``--repeats`` times,
 alternately forward and reversed, so drift does not favour one end of the list. Each row also has
 the runtime's decode layers by kind (how their misses ran), measured against their price;
 ``--timing-out`` keeps every run's per-layer timing in one Parquet file, for a closer look.
+``--playoff N`` then runs the simulator's first choice and the measured best N times each, taking
+turns: the best of 24 medians of two noisy runs is measured high, and fresh runs of the two are not.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from expertcache.simulator.engine import ReplayInput, simulate
 from expertcache.simulator.geometry import geometries_for_slots
 from expertcache.traces.io import read_trace
 from expertcache.units import parse_bytes
-from fidelity_summary import summarise
+from fidelity_summary import first_choice, summarise
 
 
 SPOT_REPEATS = 32
@@ -60,7 +62,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="Passes over every configuration.")
     parser.add_argument("--prompt-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    parser.add_argument("--deadline", type=float, default=540.0, help="Seconds after which no new run starts.")
+    parser.add_argument("--deadline", type=float, default=540.0, help="Seconds after which no new pass's run starts.")
+    parser.add_argument("--playoff", type=int, default=0,
+                        help="After the passes, runs each of the simulator's first choice and the measured best, taking turns "
+                             "(the best of many noisy medians is measured high: fresh runs of the two compare them fairly).")
     parser.add_argument("--out", required=True)
     parser.add_argument("--traces-out", help="Keep each run's recorded trace here, to replay it later with another profile.")
     parser.add_argument("--timing-out", help="Write every run's per-layer timing (the recordings' timing siblings, with the "
@@ -86,6 +91,51 @@ def main() -> None:
     del model.expertcache
     configs = [CacheConfig(sets=sets, ways=ways, policy=policy) for sets, ways in geometries for policy in args.policies.split(",")]
     rows, timings = [], []
+
+    def run_once(tmp: Path, config: CacheConfig, repeat: int, playoff: str | None = None) -> None:
+        """One generation under ``config``, measured, recorded and predicted: a row of ``rows``; in a
+        playoff, ``playoff`` says whose ("first choice" or "measured best")."""
+        sets, ways, policy = config.sets, config.ways, config.policy
+        attach(model, host, config, torch.device("cuda"), args.threads, profile, top_k)
+        runtime = model.expertcache
+        runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
+        path = tmp / f"{policy}-{sets}x{ways}-{repeat}.parquet"
+        runtime.recorder = Recorder(path, runtime, args.shape)
+        runtime.begin_request(0)
+        before_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.2, window_s=0.0)[1]
+        with torch.inference_mode():
+            model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+        runtime.end_pass()
+        runtime.drain()
+        runtime.recorder.close()
+        after_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.0, window_s=0.0)[1]
+        measured = runtime.stats
+        replay = ReplayInput.from_trace(read_trace(path))
+        predicted = simulate(replay, config.geometry, policy, profile, args.threads)
+        local = profile.with_cpu_at(args.threads, (before_ms + after_ms) / 2)
+        predicted_local = simulate(replay, config.geometry, policy, local, args.threads)
+        whole = simulate(replay, config.geometry, policy, replace(profile, split_min_gpu_share=0.0), args.threads)
+        row = {"sets": sets, "ways": ways, "policy": policy, "measured_tokens_per_s": measured.decode_tokens_per_s,
+               "predicted_tokens_per_s": predicted.tokens_per_s, "measured_hit_rate": measured.hit_rate,
+               "predicted_hit_rate": predicted.hit_rate, "measured_cpu_s": float(measured.layer_cpu_s.sum()),
+               "predicted_cpu_s": predicted.cpu_s, "measured_decode_s": measured.decode_s, "predicted_decode_s": predicted.decode_s,
+               "predicted_stall_s": predicted.stall_s, "measured_copy_wait_s": measured.copy_wait_s, "copies": measured.copies,
+               "repeat": repeat, "playoff": playoff, "cpu_experts": measured.cpu_experts, "measured_split": measured.split, "predicted_split": predicted.split, "cpu_expert_ms_before": before_ms, "cpu_expert_ms_after": after_ms,
+               "predicted_local_tokens_per_s": predicted_local.tokens_per_s, "predicted_local_cpu_s": predicted_local.cpu_s,
+               "predicted_without_splits_tokens_per_s": whole.tokens_per_s, "output_queue_s": measured.output_queue_s,
+               "layers_by_kind": measured.summary()["layers_by_kind"]}  # fmt: skip
+        row["error"] = row["predicted_tokens_per_s"] / row["measured_tokens_per_s"] - 1
+        row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        if args.timing_out:
+            timings.append(pd.read_parquet(sibling(path, "timing")).assign(sets=sets, ways=ways, policy=policy, repeat=repeat))
+            pd.concat(timings, ignore_index=True).to_parquet(args.timing_out, index=False)
+        Path(args.out).write_text(json.dumps({"profile": profile.__dict__, "rows": rows, "machine": torch.cuda.get_device_name(),
+                                              "trace": os.path.basename(args.trace), "budget": args.budget}, indent=1))  # fmt: skip
+        del runtime, model.expertcache
+        torch.cuda.empty_cache()
+
     with contextlib.nullcontext(args.traces_out) if args.traces_out else tempfile.TemporaryDirectory() as traces_dir:
         tmp = Path(traces_dir)
         tmp.mkdir(parents=True, exist_ok=True)
@@ -93,46 +143,14 @@ def main() -> None:
             for config in configs if repeat % 2 == 0 else configs[::-1]:
                 if time.perf_counter() - started > args.deadline:
                     break
-                sets, ways, policy = config.sets, config.ways, config.policy
-                attach(model, host, config, torch.device("cuda"), args.threads, profile, top_k)
-                runtime = model.expertcache
-                runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
-                path = tmp / f"{policy}-{sets}x{ways}-{repeat}.parquet"
-                runtime.recorder = Recorder(path, runtime, args.shape)
-                runtime.begin_request(0)
-                before_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.2, window_s=0.0)[1]
-                with torch.inference_mode():
-                    model.generate(prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
-                runtime.end_pass()
-                runtime.drain()
-                runtime.recorder.close()
-                after_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.0, window_s=0.0)[1]
-                measured = runtime.stats
-                replay = ReplayInput.from_trace(read_trace(path))
-                predicted = simulate(replay, config.geometry, policy, profile, args.threads)
-                local = profile.with_cpu_at(args.threads, (before_ms + after_ms) / 2)
-                predicted_local = simulate(replay, config.geometry, policy, local, args.threads)
-                whole = simulate(replay, config.geometry, policy, replace(profile, split_min_gpu_share=0.0), args.threads)
-                row = {"sets": sets, "ways": ways, "policy": policy, "measured_tokens_per_s": measured.decode_tokens_per_s,
-                       "predicted_tokens_per_s": predicted.tokens_per_s, "measured_hit_rate": measured.hit_rate,
-                       "predicted_hit_rate": predicted.hit_rate, "measured_cpu_s": float(measured.layer_cpu_s.sum()),
-                       "predicted_cpu_s": predicted.cpu_s, "measured_decode_s": measured.decode_s, "predicted_decode_s": predicted.decode_s,
-                       "predicted_stall_s": predicted.stall_s, "measured_copy_wait_s": measured.copy_wait_s, "copies": measured.copies,
-                       "repeat": repeat, "cpu_experts": measured.cpu_experts, "measured_split": measured.split, "predicted_split": predicted.split, "cpu_expert_ms_before": before_ms, "cpu_expert_ms_after": after_ms,
-                       "predicted_local_tokens_per_s": predicted_local.tokens_per_s, "predicted_local_cpu_s": predicted_local.cpu_s,
-                       "predicted_without_splits_tokens_per_s": whole.tokens_per_s, "output_queue_s": measured.output_queue_s,
-                       "layers_by_kind": measured.summary()["layers_by_kind"]}  # fmt: skip
-                row["error"] = row["predicted_tokens_per_s"] / row["measured_tokens_per_s"] - 1
-                row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.timing_out:
-                    timings.append(pd.read_parquet(sibling(path, "timing")).assign(sets=sets, ways=ways, policy=policy, repeat=repeat))
-                    pd.concat(timings, ignore_index=True).to_parquet(args.timing_out, index=False)
-                Path(args.out).write_text(json.dumps({"profile": profile.__dict__, "rows": rows, "machine": torch.cuda.get_device_name(),
-                                                      "trace": os.path.basename(args.trace), "budget": args.budget}, indent=1))  # fmt: skip
-                del runtime, model.expertcache
-                torch.cuda.empty_cache()
+                run_once(tmp, config, repeat)
+        chosen, best = first_choice(rows)
+        if args.playoff and chosen != best:
+            print(f"playoff: {args.playoff} runs each of the first choice {chosen} and the measured best {best}, taking turns", flush=True)
+            for round_ in range(args.playoff):
+                turns = [("first choice", chosen), ("measured best", best)]
+                for role, (policy, sets, ways) in turns if round_ % 2 == 0 else turns[::-1]:
+                    run_once(tmp, CacheConfig(sets=sets, ways=ways, policy=policy), args.repeats + round_, playoff=role)
     print(summarise(rows))
 
 

@@ -6,7 +6,8 @@ Per run: the error of each measured run against its prediction. Per configuratio
 the median measured speed over its repeats, and how far two repeats of it lie apart (the machine's
 own noise, which no cost model can predict). The simulator's first choice is the configuration
 with the highest predicted speed (averaged over the files' profiles when pooled), set against the
-configuration with the highest median measured speed.
+configuration with the highest median measured speed; a playoff (``fidelity_gpu.py --playoff``)
+sets the two against each other again in fresh runs.
 """
 
 from __future__ import annotations
@@ -28,12 +29,34 @@ def run_errors(rows: list[dict], key: str = "error") -> tuple[float, float] | No
     return (statistics.median(errors), max(errors)) if errors else None
 
 
-def summarise(rows: list[dict]) -> str:
+def _by_config(rows: list[dict]) -> dict[tuple, list[dict]]:
     by_config: dict[tuple, list[dict]] = {}
     for r in rows:
         by_config.setdefault((r["policy"], r["sets"], r["ways"]), []).append(r)
+    return by_config
+
+
+def _medians(by_config: dict[tuple, list[dict]]) -> tuple[dict[tuple, float], dict[tuple, float]]:
+    """Each configuration's median measured and mean predicted tokens/s."""
     measured = {key: statistics.median(r["measured_tokens_per_s"] for r in runs) for key, runs in by_config.items()}
     predicted = {key: statistics.fmean(r["predicted_tokens_per_s"] for r in runs) for key, runs in by_config.items()}
+    return measured, predicted
+
+
+def first_choice(rows: list[dict]) -> tuple[tuple, tuple]:
+    """(policy, sets, ways) of the simulator's first choice and of the measured best, over the
+    passes' runs (a playoff's are left out)."""
+    measured, predicted = _medians(_by_config([r for r in rows if not r.get("playoff")]))
+    return max(predicted, key=predicted.get), max(measured, key=measured.get)
+
+
+def summarise(rows: list[dict]) -> str:
+    """The goals' figures over the passes' runs, then the playoff's (``fidelity_gpu.py --playoff``)
+    when there is one."""
+    playoff = [r for r in rows if r.get("playoff")]
+    rows = [r for r in rows if not r.get("playoff")]
+    by_config = _by_config(rows)
+    measured, predicted = _medians(by_config)
     lines = [f"{len(rows)} runs of {len(by_config)} configurations"]
     for key, what in (("error", "start profile"), ("error_local", "CPU re-measured around each run")):
         if errors := run_errors(rows, key):
@@ -47,10 +70,21 @@ def summarise(rows: list[dict]) -> str:
         lines.append(_excess_per_split(rows))
     if any("layers_by_kind" in r for r in rows):
         lines.append(_layers_by_kind(rows))
-    best = max(measured, key=measured.get)
-    chosen = max(predicted, key=predicted.get)
+    chosen, best = first_choice(rows)
     lines.append(f"simulator's first choice {_name(chosen)} measured {measured[chosen] / measured[best]:.1%} of the measured best {_name(best)}")
+    if playoff:
+        lines.append(_playoff(playoff))
     return "\n".join(lines)
+
+
+def _playoff(rows: list[dict]) -> str:
+    """The first choice against the passes' measured best in fresh runs taking turns: the highest of
+    many noisy medians is measured high (the winner's curse), and a rerun of the two is not."""
+    runs = {role: [r for r in rows if r["playoff"] == role] for role in ("first choice", "measured best")}
+    speed = {role: statistics.median(r["measured_tokens_per_s"] for r in role_runs) for role, role_runs in runs.items()}
+    chosen, best = (_name((r[0]["policy"], r[0]["sets"], r[0]["ways"])) for r in runs.values())
+    return (f"playoff, {len(runs['first choice'])} fresh runs each taking turns: first choice {chosen} measured "
+            f"{speed['first choice'] / speed['measured best']:.1%} of {best} (medians {speed['first choice']:.2f} and {speed['measured best']:.2f} tok/s)")
 
 
 def _excess_per_split(rows: list[dict]) -> str:
@@ -94,7 +128,7 @@ def main() -> None:
     pooled = []
     for path in args.results:
         rows = json.loads(Path(path).read_text())["rows"]
-        pooled += rows
+        pooled += [r for r in rows if not r.get("playoff")]  # each file's playoff compares its own two
         print(f"{path}:\n{summarise(rows)}\n")
     if len(args.results) > 1:
         print(f"pooled:\n{summarise(pooled)}")
