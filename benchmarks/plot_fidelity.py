@@ -25,7 +25,7 @@ def main() -> None:
     args = parser.parse_args()
     fig, axes = plt.subplots(1, len(args.results), figsize=(5 * len(args.results), 4.6), squeeze=False, constrained_layout=True)
     for ax, path in zip(axes[0], args.results):
-        rows = json.loads(Path(path).read_text())["rows"]
+        rows = [r for r in json.loads(Path(path).read_text())["rows"] if not r.get("playoff")]  # the passes' runs
         for policy, marker in zip(dict.fromkeys(r["policy"] for r in rows), MARKERS):
             mine = [r for r in rows if r["policy"] == policy]
             ax.scatter([r["measured_tokens_per_s"] for r in mine], [r["predicted_tokens_per_s"] for r in mine], marker=marker, label=policy)
