@@ -25,8 +25,9 @@ output projection of that row (``replay_down``). The first half computes every u
 GPU's: one graph per slot serves every cut, and the CPU's units then overwrite their part of the row
 before the second half reads it (each activation is its own dot product, so what the GPU computed
 there from slices not yet copied is discarded whole). It reads a whole first contraction instead of
-the GPU's share of it, about 0.1 ms of HBM on a Mixtral expert; eagerly, the two halves were about
-ten launches, 0.5 ms of the host's time on the lent H100 host (BENCHMARKS.md, session 18).
+the GPU's share of it, about 0.1 ms of HBM on a Mixtral expert. On the lent H100 host the two halves
+held the host 0.26-0.31 ms replayed against 0.49-0.64 ms eagerly, about ten launches
+(``benchmarks/split_host_gpu.py``, BENCHMARKS.md session 19).
 """
 
 from __future__ import annotations
