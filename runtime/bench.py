@@ -10,7 +10,9 @@ expertcache configuration is the one the simulator ranks first for this machine.
 The roofline prices each run at the CPU expert time measured right after it: the lent H100 hosts'
 CPUs drift by tens of percent within a bench, and a roofline at a CPU calibrated slower than the
 runs overstates every system's share of it (Mixtral run 22: 93 % at calibration's CPU, 78 % at
-the runs').
+the runs'). So with the dense time: where a run has enough all-hit decode layers, its roofline is
+priced at the dense time they paid (``dense_in_run``), which moved 20-40 % from calibration's in
+either direction on those hosts (BENCHMARKS.md, sessions 18 and 19).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -54,6 +56,9 @@ DESKTOP = "desktop-4090"
 SPOT_WARM_UP_S, SPOT_WINDOW_S = 0.5, 1.5
 """The CPU expert time measured after each run: a short warm-up, then one-token experts for this
 long (twenty such estimates on one lent H100 host scattered by 0.21 ms of about 6, back to back)."""
+DENSE_LAYERS_NEEDED = 32
+"""All-hit decode layers a run needs before the dense time they paid stands for its own (its
+roofline's, ``dense_in_run``; the bench's note on drift, ``dense_drift``)."""
 DRIFT_NOTED = 0.2
 """How far the all-hit layers may run from their price before the bench says so. They are dense
 work and GPU launches only, and the dense time is the term one calibration reads least surely: on
@@ -126,18 +131,24 @@ def run_system(
     predicted = simulate(replay, config.geometry, config.policy, profile, setup.threads, config.seed, True, placement)
     desktop = load_profile(DESKTOP)
     on_desktop = simulate(replay, config.geometry, config.policy, desktop, desktop.thread_counts[-1], config.seed, placement=placement)
-    bound = roofline(replay, predicted.outcome, profile.with_cpu_at(setup.threads, cpu_ms_after), setup.threads)
+    measured = stats.summary()
+    dense_ms = dense_in_run(measured["layers_by_kind"], profile.dense_ms[1])
+    at_run = profile.with_cpu_at(setup.threads, cpu_ms_after)
+    if dense_ms is not None:
+        at_run = replace(at_run, dense_ms=at_run.dense_ms | {1: dense_ms})
+    bound = roofline(replay, predicted.outcome, at_run, setup.threads)
     generated = setup.requests * setup.new_tokens
     row = {
         "system": system, "placement": placement, "sets": config.sets, "ways": config.ways, "policy": config.policy,
         "threads": setup.threads, "prefill_s": stats.prefill_s, "prefill_tokens": stats.prefill_tokens,
         "decode_tokens_per_s": stats.decode_tokens_per_s, "hit_rate": stats.hit_rate, "copies": stats.copies,
-        "roofline_tokens_per_s": bound.tokens_per_s, "cpu_expert_ms_after": cpu_ms_after, "predicted_tokens_per_s": predicted.tokens_per_s,
+        "roofline_tokens_per_s": bound.tokens_per_s, "cpu_expert_ms_after": cpu_ms_after, "roofline_dense_ms": dense_ms,
+        "predicted_tokens_per_s": predicted.tokens_per_s,
         "cpu_pace_scale": pace.scale if pace is not None and pace.observed else None,
         "desktop_tokens_per_s": on_desktop.tokens_per_s,
         **{f"{source}_joules_per_token": value / generated for source, value in joules.items()},
         "copies_after_last_pass_s": drain_s,  # untimed, as in the simulator: no pass waited for them
-        "measured": stats.summary(), "simulated": predicted.summary(),
+        "measured": measured, "simulated": predicted.summary(),
     }  # fmt: skip
     del model.expertcache, runtime
     if device.type == "cuda":
@@ -250,6 +261,16 @@ def format_layer_times(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def dense_in_run(layers_by_kind: dict[str, dict], calibrated_ms: float) -> float | None:
+    """The one-token dense time (ms) a run's all-hit decode layers paid: calibration's, plus their
+    mean time beyond their price (an all-hit layer is priced as dense work and the hits' launches).
+    None with fewer than ``DENSE_LAYERS_NEEDED`` of them: the all-CPU peer has none."""
+    hits = layers_by_kind.get("hits")
+    if hits is None or hits["layers"] < DENSE_LAYERS_NEEDED:
+        return None
+    return max(0.0, calibrated_ms + 1e3 * (hits["wall_s"] - hits["planned_s"]) / hits["layers"])
+
+
 def dense_drift(rows: list[dict]) -> str | None:
     """A line for when every system's all-hit layers together (32 at least) ran more than
     ``DRIFT_NOTED`` from their price: the runs' time outside experts differs from calibration's
@@ -259,7 +280,7 @@ def dense_drift(rows: list[dict]) -> str | None:
         (LayerTimes(**r["measured"]["layers_by_kind"]["hits"]) for r in rows if "hits" in r.get("measured", {}).get("layers_by_kind", {})),
         LayerTimes(),
     )
-    if hits.layers < 32 or hits.planned_s <= 0 or abs(hits.wall_s / hits.planned_s - 1) <= DRIFT_NOTED:
+    if hits.layers < DENSE_LAYERS_NEEDED or hits.planned_s <= 0 or abs(hits.wall_s / hits.planned_s - 1) <= DRIFT_NOTED:
         return None
     measured, priced = 1e3 * hits.wall_s / hits.layers, 1e3 * hits.planned_s / hits.layers
     return (f"all-hit layers ran {measured:.2f} ms against {priced:.2f} priced ({hits.wall_s / hits.planned_s - 1:+.0%}): the time outside "
@@ -267,13 +288,17 @@ def dense_drift(rows: list[dict]) -> str | None:
 
 
 def roofline_note(rows: list[dict], profile: Profile, threads: int) -> str:
-    """A line saying at which CPU speed the rooflines were priced: each run's, measured after it."""
+    """A line saying at which CPU speed and dense time the rooflines were priced: each run's."""
     after = [r["cpu_expert_ms_after"] for r in rows if "cpu_expert_ms_after" in r]
     if not after:
         return ""
     calibrated = profile.cpu_expert_ms[threads][1]
     note = (f"rooflines at the CPU expert time measured after each run, {min(after):.2f}-{max(after):.2f} ms "
             f"(calibrated {calibrated:.2f} ms, one token, {threads} threads)")  # fmt: skip
+    dense = [r["roofline_dense_ms"] for r in rows if r.get("roofline_dense_ms") is not None]
+    if dense:
+        note += (f", and at the dense time each run's all-hit layers paid, {min(dense):.2f}-{max(dense):.2f} ms (calibrated "
+                 f"{profile.dense_ms[1]:.2f} ms; calibrated where a run had fewer than {DENSE_LAYERS_NEEDED} of them)")  # fmt: skip
     paced = [r["cpu_pace_scale"] for r in rows if r.get("cpu_pace_scale")]
     if paced:
         note += f"; expertcache placed its misses at its own CPU experts' pace, ending at {min(paced) * calibrated:.2f}-{max(paced) * calibrated:.2f} ms"

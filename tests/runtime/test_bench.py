@@ -15,7 +15,7 @@ import torch
 from transformers import AutoConfig
 
 from conftest import run_cli
-from expertcache.runtime.bench import dense_drift
+from expertcache.runtime.bench import dense_drift, dense_in_run
 from expertcache.runtime.loader import plan_memory
 from expertcache.runtime.stats import LayerTimes
 from expertcache.simulator.policies import get_policy
@@ -58,6 +58,7 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
         assert len(row["decode_tokens_per_s_runs"]) == 2 and row["decode_tokens_per_s"] == min(row["decode_tokens_per_s_runs"])
         assert row["copies_after_last_pass_s"] >= 0.0  # reported beside the decode time it is not part of
         assert row["cpu_expert_ms_after"] > 0  # the CPU speed its roofline is priced at
+        assert row["roofline_dense_ms"] is None  # 8 decode layers a round, too few to price its own dense time
     after = [row["cpu_expert_ms_after"] for row in rows.values()]
     calibrated = document["profile"]["cpu_expert_ms"]["1"]["1"]
     assert f"rooflines at the CPU expert time measured after each run, {min(after):.2f}-{max(after):.2f} ms (calibrated {calibrated:.2f} ms" in result.stdout
@@ -115,6 +116,17 @@ def test_bench_refuses_a_zero_count_in_one_line(model_dirs, option):
     line = result.stderr.strip()
     assert len(line.splitlines()) == 1 and line.endswith(" bench --help)"), line
     assert line.startswith(f"error: Invalid value for '{option}': 0 is not in the range x>=1."), line
+
+
+def test_a_runs_roofline_takes_the_dense_time_its_all_hit_layers_paid_when_it_had_enough_of_them():
+    def hits(layers: int, wall_s: float, planned_s: float) -> dict[str, dict]:
+        return {"hits": asdict(LayerTimes(layers, wall_s, planned_s, 0.0)), "cpu": asdict(LayerTimes(100, 1.0, 1.0, 0.9))}
+
+    # 40 all-hit layers ran 0.3 ms each beyond their price: the dense time was calibration's 1.0 + 0.3
+    assert dense_in_run(hits(40, 0.064, 0.052), calibrated_ms=1.0) == pytest.approx(1.3)
+    assert dense_in_run(hits(40, 0.028, 0.052), calibrated_ms=1.0) == pytest.approx(0.4)  # faster than priced
+    assert dense_in_run(hits(20, 0.064, 0.052), calibrated_ms=1.0) is None  # too few to say
+    assert dense_in_run({"cpu": asdict(LayerTimes(100, 1.0, 1.0, 0.9))}, calibrated_ms=1.0) is None  # the all-CPU peer
 
 
 def test_bench_notes_when_the_all_hit_layers_ran_far_from_their_price():
