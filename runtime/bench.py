@@ -11,8 +11,8 @@ The roofline prices each run at the CPU expert time measured right after it: the
 CPUs drift by tens of percent within a bench, and a roofline at a CPU calibrated slower than the
 runs overstates every system's share of it (Mixtral run 22: 93 % at calibration's CPU, 78 % at
 the runs'). So with the dense time: where a run has enough all-hit decode layers, its roofline is
-priced at the dense time they paid (``dense_in_run``), which moved 20-40 % from calibration's in
-either direction on those hosts (BENCHMARKS.md, sessions 18 and 19).
+priced at the dense time they paid (``dense_in_run``), which lay up to 60 % from calibration's, in
+either direction, on those hosts (BENCHMARKS.md, sessions 18 and 19).
 """
 
 from __future__ import annotations
