@@ -200,8 +200,7 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     least_share = least_gpu_share(module, layout)
     if scratch is not None and least_share > 0:
         say("host time of a split expert")
-        x = runtime.gpu_input(torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device))  # a decode step's row, as above
-        split_launch_ms = _split_launch_ms(runtime, module, x, scratch, repeats)
+        split_launch_ms = _split_launch_ms(runtime, module, x, scratch, repeats)  # x: the decode step's row, as above
 
     say("layers outside expert compute")
     dense_ms, cpu_overhead_ms, dense_overlap_ms = _time_outside_experts(model, runtime, launch_ms, 1e3 * copy_s)
