@@ -527,13 +527,13 @@ class CachedExperts:
         graphs = self._split_graphs(rows)
         if graphs is not None:
             self._to_device(record, units_cpu, into=graphs.activations[:, cut.units :])
-            self.pool.acquire(job.slot, record.wait_events, down_landed)
-            out = self._timed_on_gpu(record, lambda: graphs.replay_down(job.slot))
+            project = lambda: graphs.replay_down(job.slot)  # noqa: E731
         else:
             parts = ([] if gpu_part is None else [gpu_part]) + [self._to_device(record, units_cpu)]
-            self.pool.acquire(job.slot, record.wait_events, down_landed)
             weights = self._slot_views[job.slot]
-            out = self._timed_on_gpu(record, lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"]))
+            project = lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"])  # noqa: E731
+        self.pool.acquire(job.slot, record.wait_events, down_landed)
+        out = self._timed_on_gpu(record, project)
         self.pool.release(job.slot)
         return out
 
