@@ -54,6 +54,14 @@ SplitCopies = tuple[Landed, Landed]
 """A split's copies: its GPU units landed (None also when it has none), its output projection landed."""
 
 
+@dataclass(frozen=True)
+class StartedCopies:
+    """The copies ``CachedExperts._start_copies`` started as soon as a layer was placed."""
+
+    fetched: set[int]  # indices into the plan's fetched misses
+    split: list[SplitCopies] | None  # each split's, in order; None: not started yet
+
+
 @dataclass
 class LayerPass:
     """What happened in one MoE layer of one forward pass; handed to the recorder."""
@@ -264,13 +272,17 @@ class CachedExperts:
 
         plan = self._plan(index, hit, slot)
         record.kind, record.expert_s, record.host_free_s = plan.kind, plan.expert_s, plan.host_free_s
-        # the CPU's input first, before any GPU work is queued ahead of it: the CPU starts at once
+        # each row's router weight, in the dtype the router gave it, gathered on the host (one copy,
+        # no kernels), queued before the experts' copies, so that it never waits behind them
+        row_weights = torch.from_numpy(weights.T.reshape(-1)[plan.rows]).to(top_k_weights.dtype).to(hidden.device, non_blocking=True)
+        # the link next, as the miss rule starts it where the layer is placed; its copies need no input
+        cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
+        started = self._start_copies(record, plan, cuts)
+        # then the CPU's input, before any GPU work is queued ahead of it: the CPU starts at once
         hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
         hidden_gpu = self.gpu_input(hidden) if plan.resident or plan.fetched or plan.split else hidden
         rows = LayerRows.of(hidden_gpu, hidden_cpu, plan.rows % tokens)
-        # each row's router weight, in the dtype the router gave it, gathered on the host (one copy, no kernels)
-        row_weights = torch.from_numpy(weights.T.reshape(-1)[plan.rows]).to(top_k_weights.dtype).to(hidden.device, non_blocking=True)
-        outputs = self._run_jobs(module, record, rows, plan)
+        outputs = self._run_jobs(module, record, rows, plan, cuts, started)
         staged = sum(1 for job in plan.fetched if job.slot >= self.config.slots)
         self.stats.copies += len(plan.fetched) - staged + len(plan.background)
         self.stats.staged += staged
@@ -413,19 +425,23 @@ class CachedExperts:
         the host's cost of a split besides them."""
         record = LayerPass(layer, np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0, dtype=bool), np.zeros(0))
         plan = LayerPlan(rows=np.arange(len(rows)), split=[ExpertJob(expert, slot, 0, len(rows), gpu_share)])
-        self._run_jobs(module, record, LayerRows.of(rows, rows_on_host, plan.rows), plan)
+        cuts = [Cut.of(self.layout, gpu_share)]
+        started = self._start_copies(record, plan, cuts)
+        self._run_jobs(module, record, LayerRows.of(rows, rows_on_host, plan.rows), plan, cuts, started)
         return record.cpu_s
 
-    def _run_jobs(self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan") -> dict[int, torch.Tensor]:
-        """Every expert of ``plan`` applied to its rows, each output on the device by expert: the
-        GPU's side queued first (``_queue_gpu_work``, copies before kernels), then the CPU computes
-        its work, then the CPU's results and each split's output projection are queued.
+    def _run_jobs(
+        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], started: "StartedCopies"
+    ) -> dict[int, torch.Tensor]:
+        """Every expert of ``plan`` applied to its rows (each split at its ``cuts``), each output on
+        the device by expert: the GPU's side queued first (``_queue_gpu_work``, behind the copies
+        ``_start_copies`` ``started``), then the CPU computes its work, then the CPU's results and
+        each split's output projection are queued.
 
         (A second host thread queueing the kernels while this one computed, measured on the lent
         H100 host, gained 0-5 % on Mixtral-8x7B and lost 0-9 % on Phi-3.5-MoE: the two threads
         contend for Python's lock, BENCHMARKS.md session 15.)"""
-        cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
-        outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts)
+        outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts, started)
         on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
         one_row_s = []  # decode's CPU experts' seconds, for the CPU pace
         for job in plan.on_cpu:
@@ -472,28 +488,37 @@ class CachedExperts:
         down_landed = self.pool.fill(job.slot, host_row, cut.down_ranges(self.layout))
         return units_landed, down_landed
 
-    def _queue_gpu_work(
-        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut]
-    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor | None], list[SplitCopies]]:
-        """The layer's GPU side: the copies the GPU waits for (``_start_fetch_copies``, each split's
-        ``_copy_split``), then the kernels of resident experts, copied misses and each split's GPU
-        units, then the copies of kept misses the CPU computes (a kept split's CPU slices last), behind
-        those the GPU waits for, in the order the miss rule charges them. A
-        copy into a slot that one of the layer's hits reads must wait until their kernels are
-        queued: then every copy starts behind the hits' kernels, in order. So must a split's copies
-        into a staging slot that a copied miss of the layer reads (a layer with more misses on the
-        GPU than there are staging slots). Returns the GPU experts' outputs by expert, each split's
-        GPU units' activations (None when the CPU has them all) and each split's copy events."""
+    def _start_copies(self, record: LayerPass, plan: "LayerPlan", cuts: list[Cut]) -> "StartedCopies":
+        """Start the copies the GPU waits for, where the miss rule starts the link: as soon as the
+        layer is placed, before its inputs are made or any kernel is queued (``copies_first``).
+        First the fetched misses' (``_start_fetch_copies``), then each split's slices
+        (``_copy_split``). A copy into a slot that one of the layer's hits reads must wait until
+        their kernels are queued: then no copy starts here, and all start behind those kernels, in
+        order (``_queue_gpu_work``). So must a split's copies into a staging slot that a copied miss
+        of the layer reads (a layer with more misses on the GPU than there are staging slots)."""
         read = {job.slot for job in plan.resident}
-        ahead = self.copies_first and not any(job.slot in read for job in plan.fetched + plan.split)
+        if not self.copies_first or any(job.slot in read for job in plan.fetched + plan.split):
+            return StartedCopies(set(), None)
+        copied = self._start_fetch_copies(record, plan.fetched)
         fetched = {job.slot for job in plan.fetched}
-        split_ahead = ahead and not any(job.slot in fetched for job in plan.split)
-        copied = self._start_fetch_copies(record, plan.fetched) if ahead else set()
-        split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)] if split_ahead else []
+        if any(job.slot in fetched for job in plan.split):
+            return StartedCopies(copied, None)
+        return StartedCopies(copied, [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)])
+
+    def _queue_gpu_work(
+        self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], started: "StartedCopies"
+    ) -> tuple[dict[int, torch.Tensor], list[torch.Tensor | None], list[SplitCopies]]:
+        """The layer's GPU side, behind the copies already ``started``: the kernels of resident
+        experts, copied misses (each copy not started yet just before its kernels) and each split's
+        GPU units (its copies first, where not started yet), then the copies of kept misses the CPU
+        computes (a kept split's CPU slices last), behind those the GPU waits for, in the order the
+        miss rule charges them. Returns the GPU experts' outputs by expert, each split's GPU units'
+        activations (None when the CPU has them all) and each split's copy events."""
         outputs: dict[int, torch.Tensor] = {}
         self._run_on_gpu(module, record, rows, plan.resident, outputs)
-        self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True, copied=copied)
-        if not split_ahead:
+        self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True, copied=started.fetched)
+        split_copies = started.split
+        if split_copies is None:
             split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
         gpu_parts = [self._split_units(module, record, rows, job, cut, units_landed)
                      for job, cut, (units_landed, _) in zip(plan.split, cuts, split_copies)]  # fmt: skip
