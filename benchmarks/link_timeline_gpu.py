@@ -11,7 +11,8 @@ routing forced from a trace. It then reports:
 
 - each copy's bandwidth, whole experts apart from a split's slices;
 - how long the link stood idle between the copies of a layer;
-- how far each layer's last copy landed after the runtime's estimate (``late``), by the layer's kind.
+- how far each layer's last copy landed after the runtime's estimate (``late``), by the layer's kind;
+- how long after the layer was placed the host started its first copy (the rule starts the link there).
 
 A copy's time includes any wait for the kernels still reading its slot.
 """
@@ -52,18 +53,22 @@ class LinkTimeline:
         self.reference_s = time.perf_counter()  # the idle device records the reference at once
 
         def timed_fill(slot, host_row, ranges=None):
+            issued = time.perf_counter()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(pool.copy_stream)
             landed = fill(slot, host_row, ranges)
             end.record(pool.copy_stream)
             spans = ranges if ranges is not None else [(0, host_row.numel())]
             if self.layers and self.layers[-1]["decode"]:
-                self.layers[-1]["copies"].append((start, end, sum(b - a for a, b in spans) * host_row.element_size(), ranges is None))
+                layer = self.layers[-1]
+                layer.setdefault("issued_s", issued)
+                layer["copies"].append((start, end, sum(b - a for a, b in spans) * host_row.element_size(), ranges is None))
             return landed
 
         def observed_plan(*args):
             result = plan(*args)
-            self.layers.append({"kind": result.kind, "expected_s": runtime._link_free_at, "copies": [], "decode": runtime._pass_is_decode})
+            self.layers.append({"kind": result.kind, "expected_s": runtime._link_free_at, "placed_s": time.perf_counter(), "copies": [],
+                                "decode": runtime._pass_is_decode})  # fmt: skip
             return result
 
         pool.fill, runtime._plan = timed_fill, observed_plan
@@ -74,7 +79,7 @@ class LinkTimeline:
     def summary(self) -> dict:
         """Bandwidths, idle gaps and lateness, once the device is idle."""
         torch.cuda.synchronize()
-        whole, sliced, idle, late = [], [], [], {}
+        whole, sliced, idle, late, issue = [], [], [], {}, {}
         for layer in self.layers:
             copies = layer["copies"]  # none outside decode
             if not copies:
@@ -84,9 +89,11 @@ class LinkTimeline:
                 if i:
                     idle.append(max(0.0, copies[i - 1][1].elapsed_time(start)))
             late.setdefault(layer["kind"], []).append(1e3 * (self._host_s(copies[-1][1]) - layer["expected_s"]))
+            issue.setdefault(layer["kind"], []).append(1e3 * (layer["issued_s"] - layer["placed_s"]))
         return {
             "whole_expert_gbps": _quartiles(whole), "slices_gbps": _quartiles(sliced), "idle_ms_between_copies": _quartiles(idle),
             "late_ms_by_kind": {kind: {"layers": len(values), **_quartiles(values)} for kind, values in late.items()},
+            "first_copy_issued_ms_by_kind": {kind: _quartiles(values) for kind, values in issue.items()},
         }  # fmt: skip
 
 
