@@ -7,7 +7,8 @@ Reads what ``expertcache bench --timing-out`` or ``benchmarks/fidelity_gpu.py --
 (the recordings' timing siblings, docs/trace-format.md). For each system (or policy) and kind of
 layer, the mean milliseconds of a decode layer from its routing to the next layer's routing
 (``wall``), as the miss rule priced it, of which the host spent inside the experts function
-(``host``; of that, computing on the CPU: ``cpu``), and what came after it until the next routing
+(``host``; of that, computing on the CPU: ``cpu``, which the rule priced at ``cpu priced`` with the
+CPU path's cost), and what came after it until the next routing
 (``after``: the next layer's dense work, and waiting for the GPU). ``copy wait`` is the GPU's time
 waiting for copies, ``gpu`` the GPU time of the work the layer queued (those waits included). A kind whose ``after`` exceeds the all-hit layers'
 is waiting for GPU work the host queued; one whose ``host - cpu`` grows is paying host time the
@@ -30,15 +31,18 @@ import pandas as pd
 
 from expertcache.simulator.costs import Profile
 
-COLUMNS = {"wall": "wall_s", "priced": "planned_s", "host": "host_s", "cpu": "cpu_s", "copy wait": "copy_wait_s", "gpu": "gpu_s"}
+COLUMNS = {"wall": "wall_s", "priced": "planned_s", "host": "host_s", "cpu": "cpu_s", "cpu priced": "cpu_priced_s", "copy wait": "copy_wait_s",
+           "gpu": "gpu_s"}  # fmt: skip
+"""Per-layer timing columns shown; ``cpu_priced_s`` exists in timing files written from session 20 on."""
 
 
 def breakdown(timing: pd.DataFrame) -> pd.DataFrame:
     """Mean milliseconds per decode layer (those timed to the next routing), by system or policy and kind."""
     decode = timing[(timing.phase == "decode") & timing.wall_s.notna()]
     by = "system" if "system" in decode else "policy"
-    table = decode.groupby([by, "kind"]).agg(layers=("wall_s", "size"), **{name: (column, "mean") for name, column in COLUMNS.items()})
-    table[list(COLUMNS)] *= 1e3
+    shown = {name: column for name, column in COLUMNS.items() if column in decode}
+    table = decode.groupby([by, "kind"]).agg(layers=("wall_s", "size"), **{name: (column, "mean") for name, column in shown.items()})
+    table[list(shown)] *= 1e3
     table["host - cpu"] = table.host - table.cpu
     table["after"] = table.wall - table.host
     return table.round(2)

@@ -80,6 +80,8 @@ class LayerPass:
     kind: str = "hits"  # one of stats.LAYER_KINDS
     expert_s: float = 0.0  # when the miss rule expected the layer's expert work to end, from routing
     host_free_s: float = 0.0  # when it expected the host to be done with the layer, from routing
+    cpu_priced_s: float = 0.0  # the CPU work the rule priced (LayerPlan.cpu_priced_s), beside the measured cpu_s
+    split_share: float = float("nan")  # the GPU's share of the layer's split miss; NaN: none split
     # from routing to the next MoE layer's routing, as priced (expert work, then the dense time of the
     # layers between) and as measured; NaN for a pass's last MoE layer, whose end lies in the next pass
     planned_s: float = float("nan")
@@ -271,7 +273,8 @@ class CachedExperts:
         self._layers.append(record)
 
         plan = self._plan(index, hit, slot)
-        record.kind, record.expert_s, record.host_free_s = plan.kind, plan.expert_s, plan.host_free_s
+        record.kind, record.expert_s, record.host_free_s, record.cpu_priced_s = plan.kind, plan.expert_s, plan.host_free_s, plan.cpu_priced_s
+        record.split_share = plan.split[0].gpu_share if plan.split else float("nan")
         # each row's router weight, in the dtype the router gave it, gathered on the host (one copy,
         # no kernels), queued before the experts' copies, so that it never waits behind them
         row_weights = torch.from_numpy(weights.T.reshape(-1)[plan.rows]).to(top_k_weights.dtype).to(hidden.device, non_blocking=True)
@@ -355,7 +358,7 @@ class CachedExperts:
                 plan.resident.append(ExpertJob(expert, slots[i], start, end))
             else:
                 missed.append(ExpertJob(expert, kept.get(expert, -1), start, end))
-        shares, plan.host_free_s, plan.expert_s = self._place(plan.resident, missed)
+        shares, plan.host_free_s, plan.expert_s, plan.cpu_priced_s = self._place(plan.resident, missed)
         for job, share in zip(missed, shares):
             if share > 0 and job.slot < 0:  # not kept by the policy: through a staging slot
                 job.slot = self._staging[self._next_staging % len(self._staging)]
@@ -366,26 +369,26 @@ class CachedExperts:
         plan.background = [(s, expert) for s, expert in last_in_slot.items() if s not in copied]
         return plan
 
-    def _place(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> tuple[list[float], float, float]:
+    def _place(self, resident: list["ExpertJob"], missed: list["ExpertJob"]) -> tuple[list[float], float, float, float]:
         """For each miss, the share of it computed on the GPU (1: all of it, after its copy;
-        0: none), timed from now; and when the rule expects the host to be done with the layer
-        and the layer's expert work to end."""
+        0: none), timed from now; when the rule expects the host to be done with the layer and the
+        layer's expert work to end; and the CPU work it priced."""
         # floats, whatever the layer holds: an int here would compile split_misses anew, mid-decode
         busy = float(sum(self._gpu_s[min(job.row_count, PRICED_TOKENS)] for job in resident))
         launched = float(len(resident) * self._rates[3])
         if not missed:
-            return [], launched, max(busy, launched)
+            return [], launched, max(busy, launched), 0.0
         rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
         cpu_s = self._cpu_s if self.cpu_pace is None else self._cpu_s[: rows.max() + 1] * self.cpu_pace.scale
         admitted = np.array([job.slot >= 0 for job in missed])
-        gpu_share, copy_end = np.zeros(len(missed)), np.zeros(len(missed))
+        gpu_share, copy_end, spent = np.zeros(len(missed)), np.zeros(len(missed)), np.zeros(4)
         now = time.perf_counter()
         gpu_end, cpu_end, link_free = split_misses(
             rows, admitted, len(rows), self._miss_path, 0.0, max(busy, launched), max(0.0, self._link_free_at - now), launched,
-            cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, np.zeros(4),
+            cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, spent,
         )  # fmt: skip
         self._link_free_at = now + link_free
-        return gpu_share.tolist(), cpu_end, max(gpu_end, cpu_end)
+        return gpu_share.tolist(), cpu_end, max(gpu_end, cpu_end), float(spent[0])
 
     def _run_on_gpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool = False,
                     copied: set[int] = frozenset()) -> None:  # fmt: skip
@@ -628,6 +631,7 @@ class LayerPlan:
     background: list[tuple[int, int]] = field(default_factory=list)  # (slot, expert): kept misses run on the CPU
     expert_s: float = 0.0  # when the miss rule expects the layer's expert work to end, from routing
     host_free_s: float = 0.0  # when it expects the host to be done with the layer, from routing
+    cpu_priced_s: float = 0.0  # the CPU work it priced: CPU experts and split shares (slowed under copies), the CPU path's cost
 
     @property
     def kind(self) -> str:

@@ -68,6 +68,7 @@ class Recorder:
                 "gpu_s": record.gpu_s, "copy_wait_s": record.copy_wait_s, "output_queue_s": record.output_queue_s,
                 "hits": int(record.hit.sum()), "misses": int((~record.hit).sum()),
                 "kind": record.kind, "wall_s": record.wall_s, "planned_s": record.planned_s, "host_s": record.host_s,
+                "cpu_priced_s": record.cpu_priced_s, "split_share": record.split_share,
             })  # fmt: skip
         flat = {k: np.concatenate(v) for k, v in columns.items()}
         self.writer.append(

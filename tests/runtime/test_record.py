@@ -81,6 +81,12 @@ def test_each_decode_layer_is_timed_against_its_plan_by_how_its_misses_ran(model
     assert (timing.wall_s[~last] > 0).all() and (timing.planned_s[~last] >= SPLIT.dense_ms[1] / 1e3).all()
     assert (timing.host_s > 0).all() and (timing.host_s[~last] < timing.wall_s[~last]).all()
     assert (timing.output_queue_s >= 0).all() and (timing.cpu_s[timing.kind.isin(["cpu", "hybrid", "split"])] > 0).all()
+    # the rule's price of the CPU work sits beside it, and each split miss's GPU share
+    on_cpu = timing.kind.isin(["cpu", "hybrid", "split"])
+    assert (timing.cpu_priced_s[on_cpu] > 0).all() and (timing.cpu_priced_s[~on_cpu] == 0).all()
+    split = timing.kind == "split"
+    assert timing.split_share[split].between(SPLIT.split_min_gpu_share, 1, inclusive="left").all()
+    assert timing.split_share[~split].isna().all()
     # the counters hold the decode layers' sums by kind
     decode = timing[(timing.phase == "decode") & ~last]
     by_kind = runtime.stats.summary()["layers_by_kind"]
