@@ -7,8 +7,8 @@ Reads what ``expertcache bench --timing-out`` or ``benchmarks/fidelity_gpu.py --
 (the recordings' timing siblings, docs/trace-format.md). For each system (or policy) and kind of
 layer, the mean milliseconds of a decode layer from its routing to the next layer's routing
 (``wall``), as the miss rule priced it, of which the host spent inside the experts function
-(``host``; of that, computing on the CPU: ``cpu``, which the rule priced at ``cpu priced`` with the
-CPU path's cost), and what came after it until the next routing
+(``host``; of that, computing on the CPU: ``cpu``, which the rule priced at ``cpu priced``), and what
+came after it until the next routing
 (``after``: the next layer's dense work, and waiting for the GPU). ``copy wait`` is the GPU's time
 waiting for copies, ``gpu`` the GPU time of the work the layer queued (those waits included). A kind whose ``after`` exceeds the all-hit layers'
 is waiting for GPU work the host queued; one whose ``host - cpu`` grows is paying host time the

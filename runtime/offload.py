@@ -388,7 +388,9 @@ class CachedExperts:
             cpu_s, self._gpu_s, self._rates, gpu_share, copy_end, spent,
         )  # fmt: skip
         self._link_free_at = now + link_free
-        return gpu_share.tolist(), cpu_end, max(gpu_end, cpu_end), float(spent[0])
+        shares = gpu_share.tolist()
+        path_s = self._rates[4] if min(shares) < 1 else 0.0  # the CPU path's cost, in the rule's CPU-busy time
+        return shares, cpu_end, max(gpu_end, cpu_end), float(spent[0] - path_s)
 
     def _run_on_gpu(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool = False,
                     copied: set[int] = frozenset()) -> None:  # fmt: skip
@@ -631,7 +633,7 @@ class LayerPlan:
     background: list[tuple[int, int]] = field(default_factory=list)  # (slot, expert): kept misses run on the CPU
     expert_s: float = 0.0  # when the miss rule expects the layer's expert work to end, from routing
     host_free_s: float = 0.0  # when it expects the host to be done with the layer, from routing
-    cpu_priced_s: float = 0.0  # the CPU work it priced: CPU experts and split shares (slowed under copies), the CPU path's cost
+    cpu_priced_s: float = 0.0  # the CPU experts' and split shares' time it priced (slowed under copies)
 
     @property
     def kind(self) -> str:
