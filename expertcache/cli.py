@@ -485,8 +485,7 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
     click.echo(f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) " + ", ".join(f"{t} threads {row[1]:.2f} ms" for t, row in profile.cpu_expert_ms.items()))
     click.echo(f"GPU expert (1 token) {profile.gpu_expert_ms[1]:.3f} ms; outside experts {profile.dense_ms[1]:.3f} ms per layer; CPU slowdown under copies {profile.cpu_slowdown_during_copy:.2f}, copies under CPU experts {profile.copy_slowdown_during_cpu:.2f}; queueing a GPU expert {profile.gpu_launch_ms:.3f} ms")
     if profile.split_launch_ms is not None:
-        click.echo(f"a split expert's host time besides its CPU share {profile.split_launch_ms:.3f} ms; "
-                   f"its CPU share takes {profile.split_cpu_scale:.2f}x its part of a whole CPU expert")  # fmt: skip
+        click.echo(f"a split expert's host time besides its CPU share {profile.split_launch_ms:.3f} ms")
     click.echo(f"a layer computing on the CPU pays {profile.cpu_path_overhead_ms:.3f} ms more (its input to the host, outputs back)")
     click.echo(f"GPU work hidden behind the next layer's dense work, at most {profile.dense_overlap_ms:.3f} ms per layer")
     click.echo(f"generate's own work between decode passes {profile.step_overhead_ms:.3f} ms per token")

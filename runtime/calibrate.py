@@ -20,7 +20,7 @@ import torch
 
 from expertcache.runtime.experts import expert_ffn
 from expertcache.runtime.kv import empty_cache
-from expertcache.runtime.split import Cut, least_gpu_share
+from expertcache.runtime.split import least_gpu_share
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.placements import AllOnCpu
 from expertcache.simulator.schedule import CPU_ONLY, GPU_ONLY
@@ -196,13 +196,11 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         x = runtime.gpu_input(torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device))
         runtime.pool.fill(scratch, next(rows))
         launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x, scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
-    split_launch_ms, split_cpu_scale = None, 1.0
+    split_launch_ms = None
     least_share = least_gpu_share(module, layout)
     if scratch is not None and least_share > 0:
         say("host time of a split expert")
-        # x: the decode step's row, as above
-        split_launch_ms, split_cpu_ratio = _split_costs(runtime, module, x, scratch, cpu_expert, repeats)
-        split_cpu_scale = split_cpu_ratio / cpu_slowdown  # the rule slows a split's CPU share beside its copy itself
+        split_launch_ms = _split_launch_ms(runtime, module, x, scratch, repeats)  # x: the decode step's row, as above
 
     say("layers outside expert compute")
     dense_ms, cpu_overhead_ms, dense_overlap_ms = _time_outside_experts(model, runtime, launch_ms, 1e3 * copy_s)
@@ -222,7 +220,6 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         cpu_path_overhead_ms=cpu_overhead_ms,
         split_min_gpu_share=least_share,
         split_launch_ms=split_launch_ms,
-        split_cpu_scale=split_cpu_scale,
         dense_overlap_ms=dense_overlap_ms,
         step_overhead_ms=step_overhead_ms,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
@@ -231,38 +228,26 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     )
 
 
-def _split_costs(runtime, module, rows: torch.Tensor, slot: int, cpu_expert: Callable[[torch.Tensor], None], repeats: int) -> tuple[float, float]:
-    """A split at ``SPLIT_SHARE`` (``CachedExperts.queue_split_expert``): the median host milliseconds
-    it takes besides its CPU share (copies started, the GPU's kernels and the CPU's activations
-    queued), and its CPU share's median time against the same share of a whole CPU expert, another
-    expert computed right after it. The device is idle before each, so the GPU's slices land while
-    the CPU computes and nothing waits for the link. The CPU share runs only the first contraction,
-    in two smaller products, beside its slices' copy: on the lent H100 host Phi-3.5-MoE's took 1.24
-    times its price as a part of a whole expert, Mixtral-8x7B's 1.02 (BENCHMARKS.md, session 20)."""
+def _split_launch_ms(runtime, module, rows: torch.Tensor, slot: int, repeats: int) -> float:
+    """Median host milliseconds of a split besides its CPU share: copies started, the GPU's kernels
+    and the CPU's activations queued (``CachedExperts.queue_split_expert``). The device is idle
+    before each, so the GPU's slices land while the CPU computes and nothing waits for the link."""
     layer = runtime.moe_layers[0]
     experts = itertools.cycle(range(runtime.num_experts))
     on_cuda = runtime.device.type == "cuda"
     rows_on_host = rows.cpu()
-    cpu_share = 1 - Cut.of(runtime.layout, SPLIT_SHARE).gpu_fraction(runtime.layout)
-    host, share, whole = [], [], []
+    samples = []
     for sample in range(max(repeats, LAUNCH_SAMPLES) + 1):  # the first one warms up
         if on_cuda:
             torch.cuda.synchronize()
         started = time.perf_counter()
         cpu_s = runtime.queue_split_expert(module, layer, next(experts), rows, rows_on_host, slot, SPLIT_SHARE)
         host_s = time.perf_counter() - started - cpu_s
-        if on_cuda:
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        cpu_expert(rows_on_host)
-        whole_s = time.perf_counter() - started
         if sample:
-            host.append(host_s)
-            share.append(cpu_s)
-            whole.append(whole_s)
+            samples.append(host_s)
     if on_cuda:
         torch.cuda.synchronize()
-    return 1e3 * max(0.0, statistics.median(host)), statistics.median(share) / (cpu_share * statistics.median(whole))
+    return 1e3 * max(0.0, statistics.median(samples))
 
 
 def cpu_expert_ms(

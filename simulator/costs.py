@@ -46,9 +46,6 @@ class Profile:
     # host time to run a split besides its CPU share: its copies, the GPU's kernels, the CPU's activations
     # sent over (runtime.split); None: priced as one GPU launch (profiles calibrated before it was measured)
     split_launch_ms: float | None = None
-    # a split's CPU share against the same share of a whole CPU expert (both beside a copy): it runs only
-    # the first contraction, in two smaller products; 1.0 in profiles calibrated before it was measured
-    split_cpu_scale: float = 1.0
     # of a layer's dense time, the host's part that runs while the GPU still works through the previous
     # layer's queued copies and experts: the host only waits for the GPU at the next routing
     dense_overlap_ms: float = 0.0
