@@ -123,7 +123,7 @@ def run_system(
     drain_s = time.perf_counter() - drain_started
     joules = meter.joules()
     cpu_ms_after = cpu_expert_ms(model, setup.threads, warm_up_s=SPOT_WARM_UP_S, window_s=SPOT_WINDOW_S)[1]
-    pace = runtime.cpu_pace  # the CPU speed its misses were placed at, at the end (runtime.cpu_pace)
+    pace, split_pace = runtime.cpu_pace, runtime.split_pace  # the CPU speeds its misses were placed at, at the end (runtime.cpu_pace)
     runtime.recorder.close()
     stats = runtime.stats
 
@@ -145,6 +145,7 @@ def run_system(
         "roofline_tokens_per_s": bound.tokens_per_s, "cpu_expert_ms_after": cpu_ms_after, "roofline_dense_ms": dense_ms,
         "predicted_tokens_per_s": predicted.tokens_per_s,
         "cpu_pace_scale": pace.scale if pace is not None and pace.observed else None,
+        "split_pace_scale": split_pace.scale if split_pace is not None and split_pace.observed else None,
         "desktop_tokens_per_s": on_desktop.tokens_per_s,
         **{f"{source}_joules_per_token": value / generated for source, value in joules.items()},
         "copies_after_last_pass_s": drain_s,  # untimed, as in the simulator: no pass waited for them
@@ -302,6 +303,9 @@ def roofline_note(rows: list[dict], profile: Profile, threads: int) -> str:
     paced = [r["cpu_pace_scale"] for r in rows if r.get("cpu_pace_scale")]
     if paced:
         note += f"; expertcache placed its misses at its own CPU experts' pace, ending at {min(paced) * calibrated:.2f}-{max(paced) * calibrated:.2f} ms"
+    split = [r["split_pace_scale"] for r in rows if r.get("split_pace_scale")]
+    if split:
+        note += f", its splits' CPU shares at {min(split):.2f}-{max(split):.2f} times their part of that"
     return note
 
 

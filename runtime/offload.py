@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
 
-from expertcache.runtime.cpu_pace import CpuPace
+from expertcache.runtime.cpu_pace import SPLIT_RELAX, CpuPace
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.graphs import DecodeGraphs
 from expertcache.runtime.slot_graphs import SlotGraphs
@@ -159,6 +159,8 @@ class CachedExperts:
         self.cpu_pace = CpuPace() if pace_cpu else None
         if self._rates[5] > 0:  # the profile allows splits: at this model's least GPU share, or none
             self._rates[5] = least_gpu_share(layers[0][1], layout)
+        # a split's CPU share against its part of a whole CPU expert, as the runtime's own splits find it
+        self.split_pace = CpuPace(relax_weight=SPLIT_RELAX) if pace_cpu and self._rates[5] > 0 else None
         self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end
         self.step = -1
         self.request = 0
@@ -380,6 +382,8 @@ class CachedExperts:
             return [], launched, max(busy, launched), 0.0
         rows = np.array([min(job.row_count, PRICED_TOKENS) for job in missed], dtype=np.int64)
         cpu_s = self._cpu_s if self.cpu_pace is None else self._cpu_s[: rows.max() + 1] * self.cpu_pace.scale
+        if self.split_pace is not None:
+            self._rates[8] = self.split_pace.scale
         admitted = np.array([job.slot >= 0 for job in missed])
         gpu_share, copy_end, spent = np.zeros(len(missed)), np.zeros(len(missed)), np.zeros(4)
         now = time.perf_counter()
@@ -447,30 +451,44 @@ class CachedExperts:
         H100 host, gained 0-5 % on Mixtral-8x7B and lost 0-9 % on Phi-3.5-MoE: the two threads
         contend for Python's lock, BENCHMARKS.md session 15.)"""
         outputs, gpu_parts, split_copies = self._queue_gpu_work(module, record, rows, plan, cuts, started)
-        on_host = {job.expert: self._cpu_share(module, record, rows, job, cut) for job, cut in zip(plan.split, cuts)}
-        one_row_s = []  # decode's CPU experts' seconds, for the CPU pace
+        on_host = {}
+        one_row_s, one_row_splits = [], []  # decode's CPU experts' seconds, and its splits' (with their part), for the paces
+        for job, cut in zip(plan.split, cuts):
+            before = record.cpu_s
+            on_host[job.expert] = self._cpu_share(module, record, rows, job, cut)
+            if job.row_count == 1:
+                one_row_splits.append((record.cpu_s - before, 1 - cut.gpu_fraction(self.layout)))
         for job in plan.on_cpu:
             before = record.cpu_s
             on_host[job.expert] = self._cpu_share(module, record, rows, job)
             if job.row_count == 1:
                 one_row_s.append(record.cpu_s - before)
         if self.cpu_pace is not None:
-            self._pace(plan, one_row_s)
+            self._pace(plan, one_row_s, one_row_splits)
         for job in plan.on_cpu:
             outputs[job.expert] = self._to_device(record, on_host[job.expert])
         for job, cut, gpu_part, (_, down_landed) in zip(plan.split, cuts, gpu_parts, split_copies):
             outputs[job.expert] = self._finish_split(record, rows, job, cut, gpu_part, down_landed, on_host[job.expert])
         return outputs
 
-    def _pace(self, plan: "LayerPlan", one_row_s: list[float]) -> None:
+    def _pace(self, plan: "LayerPlan", one_row_s: list[float], one_row_splits: list[tuple[float, float]]) -> None:
         """Tell the CPU pace (``runtime.cpu_pace``) what the layer's one-row CPU experts took against
         the profile's one-token price, slowed as the rule prices them while the layer's copies read
-        host memory too; or, when the layer's misses all went to the GPU, that nothing was measured."""
+        host memory too; or, when the layer's misses all went to the GPU, that nothing was measured.
+        Tell the split pace what each one-row split's CPU share took against its part of a whole
+        expert at that pace (always beside its copy); or, when the layer had misses but split none,
+        that nothing was measured."""
         contention = self._rates[1] if plan.fetched or plan.split or plan.background else 1.0
         for seconds in one_row_s:
             self.cpu_pace.observe(seconds, self._cpu_s[1] * contention)
         if plan.fetched and not (plan.on_cpu or plan.split):
             self.cpu_pace.relax()
+        if self.split_pace is None:
+            return
+        for seconds, part in one_row_splits:
+            self.split_pace.observe(seconds, part * self._cpu_s[1] * self.cpu_pace.scale * self._rates[1])
+        if (plan.fetched or plan.on_cpu) and not plan.split:
+            self.split_pace.relax()
 
     def _start_fetch_copies(self, record: LayerPass, fetched: list["ExpertJob"]) -> set[int]:
         """Start the copies of ``fetched`` in order, each slot's first only: a staging slot the layer

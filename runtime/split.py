@@ -72,6 +72,10 @@ class Cut:
         """The gate and up rows of the GPU's units, or of the CPU's (what a kept expert still needs copied)."""
         return self._unit_ranges(layout, 0, self.units) if on_gpu else self._unit_ranges(layout, self.units, self.intermediate)
 
+    def gpu_fraction(self, layout: ExpertLayout) -> float:
+        """The share of the expert's bytes the GPU computes from at this cut: its units' rows and the output projection."""
+        return sum(end - start for start, end in self.unit_ranges(layout, on_gpu=True) + self.down_ranges(layout)) / layout.numel
+
     def down_ranges(self, layout: ExpertLayout) -> Ranges:
         offset = layout.offsets[layout.names.index("down_proj")]
         return [(offset, offset + self.hidden * self.intermediate)]

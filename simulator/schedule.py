@@ -29,8 +29,10 @@ CPU_ONLY, HYBRID, GPU_ONLY = 0, 1, 2
 
 
 RATES = ("copy_s", "cpu_slowdown", "copy_slowdown", "launch_s", "cpu_overhead_s", "split_min_gpu_share", "split_launch_s",
-         "dense_overlap_s")
-"""The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``)."""
+         "dense_overlap_s", "split_cpu_scale")
+"""The entries of ``split_misses``' ``rates`` array, in order (see ``rates_of``). ``split_cpu_scale``, a
+split's CPU share against its part of a whole CPU expert, is 1 as a profile prices it; on a GPU the
+runtime sets it from what its own splits' CPU shares take (``runtime.cpu_pace``)."""
 
 
 def rates_of(profile, expert_bytes: int) -> np.ndarray:
@@ -38,7 +40,8 @@ def rates_of(profile, expert_bytes: int) -> np.ndarray:
     split_launch_ms = profile.gpu_launch_ms if profile.split_launch_ms is None else profile.split_launch_ms
     return np.array([profile.copy_s(expert_bytes), profile.cpu_slowdown_during_copy,
                      profile.copy_slowdown_during_cpu, profile.gpu_launch_ms / 1e3, profile.cpu_path_overhead_ms / 1e3,
-                     profile.split_min_gpu_share, split_launch_ms / 1e3, profile.dense_overlap_ms / 1e3])  # fmt: skip
+                     profile.split_min_gpu_share, split_launch_ms / 1e3, profile.dense_overlap_ms / 1e3,
+                     1.0])  # fmt: skip
 
 
 MIN_CPU_SHARE = 0.05
@@ -59,7 +62,8 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     GPU expert (``launch_s`` each) before it computes the CPU's share, so GPU work delays the CPU
     path, and a GPU expert ends no sooner than it is queued; a split costs the host
     ``split_launch_s`` besides its CPU share (charged before it: the part after it, queueing the
-    output, delays the GPU's last kernel as much). Copies and CPU experts both read host memory:
+    output, delays the GPU's last kernel as much), and that share takes ``split_cpu_scale`` times
+    its part of a whole CPU expert. Copies and CPU experts both read host memory:
     while both run, CPU experts take ``cpu_slowdown`` times as long and copies ``copy_slowdown``
     times. A layer with any CPU work pays ``cpu_overhead_s`` once (its input to the host, the
     outputs back). Copies a GPU computation waits for go first; those of kept misses computed on
@@ -129,8 +133,9 @@ def split_misses(tokens, admitted, count, mode, ready, gpu, link_free, host, cpu
     spent[0] += cpu - host
     for j in range(count):
         if gpu_share[j] < 1:
-            spent[0] += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
-            cpu += cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j])
+            on_cpu_s = cpu_s[tokens[j]] * cpu_time_factor * (1.0 - gpu_share[j]) * (rates[8] if gpu_share[j] > 0 else 1.0)
+            spent[0] += on_cpu_s
+            cpu += on_cpu_s
             if gpu_share[j] > 0:  # split: the GPU finishes the expert once the CPU's units are in
                 gpu = max(gpu, cpu + gpu_s[tokens[j]])
             if admitted[j]:
@@ -148,9 +153,9 @@ def _split_share(n, starts, gpu_from, cpu, whole_finish, cpu_s, gpu_s, rates, wh
     whole, each as the host sees it). Its copy starts when the link is free (``starts``), its CPU
     share when the CPU is (``cpu``, the CPU path's cost paid) and the host has set the split going
     (``split_launch_s``, host work before any CPU work). The copy of the GPU's share and the CPU's
-    work run at the same time, so both are slowed."""
+    work run at the same time, so both are slowed; the CPU's share also at its own rate (``split_cpu_scale``)."""
     copy = rates[0] * rates[2]
-    on_cpu = cpu_s[n] * rates[1]
+    on_cpu = cpu_s[n] * rates[1] * rates[8]
     cpu_starts = cpu + rates[6]
     # the copy of the GPU's share ends at starts + f * copy, the CPU's share at cpu_starts + (1 - f) * on_cpu
     share = max((cpu_starts + on_cpu - starts) / (copy + on_cpu), rates[5])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from expertcache.runtime.cpu_pace import RATIO_BOUNDS, RELAX, WEIGHT, CpuPace
+from expertcache.runtime.cpu_pace import RATIO_BOUNDS, RELAX, SPLIT_RELAX, WEIGHT, CpuPace
 
 
 def test_the_scale_moves_towards_measured_over_priced_and_settles_there():
@@ -35,3 +35,10 @@ def test_layers_without_cpu_work_lean_back_towards_calibrations_price():
     for _ in range(400):
         pace.relax()
     assert pace.scale == pytest.approx(1.0, abs=1e-2) and pace.observed == 0
+
+
+def test_the_split_shares_pace_leans_back_more_slowly():
+    whole, split = CpuPace(scale=3.0), CpuPace(scale=3.0, relax_weight=SPLIT_RELAX)
+    whole.relax()
+    split.relax()
+    assert split.scale == pytest.approx(3.0 - SPLIT_RELAX * 2.0) and whole.scale < split.scale < 3.0

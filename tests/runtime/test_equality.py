@@ -150,6 +150,8 @@ def test_a_paced_cpu_places_misses_at_its_measured_speed_and_keeps_the_output(mo
     out, paced = cached_generate(model_dir, config, record_to=tmp_path / "paced.parquet", pace_from=0.1)
     assert torch.equal(out, reference(model_dir)[1])
     assert fixed.cpu_pace is None and paced.cpu_pace.observed > 0 and paced.cpu_pace.scale < 1
+    # the splits' CPU shares paced too, against their part of a whole expert at that pace
+    assert fixed.split_pace is None and 0 < paced.split_pace.observed <= paced.stats.split
     kinds = {name: set(decode_layers(tmp_path / f"{name}.parquet").kind) for name in ("fixed", "paced")}
     assert "hybrid" in kinds["fixed"] and not {"gpu", "hybrid"} & kinds["paced"], kinds
 

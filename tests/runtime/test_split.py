@@ -98,4 +98,5 @@ def test_cuts_fall_on_few_steps_near_the_share_asked_for():
     assert len({cut.units for cut in cuts}) <= CUT_STEPS
     for share, cut in zip(shares, cuts):
         gpu_bytes = sum(end - start for start, end in cut.unit_ranges(layout, on_gpu=True) + cut.down_ranges(layout))
-        assert abs(gpu_bytes / layout.numel - share) <= 1 / CUT_STEPS
+        assert cut.gpu_fraction(layout) == gpu_bytes / layout.numel
+        assert abs(cut.gpu_fraction(layout) - share) <= 1 / CUT_STEPS

@@ -18,11 +18,13 @@ EXPERT_BYTES = 1_000_000
 
 
 def rates(copy_s: float, cpu_slowdown: float, copy_slowdown: float, launch_s: float = 0.0, cpu_overhead_s: float = 0.0,
-          split_min_gpu_share: float = 0.0, split_launch_s: float | None = None, dense_overlap_s: float = 0.0) -> np.ndarray:  # fmt: skip
+          split_min_gpu_share: float = 0.0, split_launch_s: float | None = None, dense_overlap_s: float = 0.0,
+          split_cpu_scale: float = 1.0) -> np.ndarray:  # fmt: skip
     """``split_misses``' rates array, in ``schedule.RATES`` order; no splits unless asked; a split's
-    launch costs one GPU launch unless given."""
+    launch costs one GPU launch unless given, and its CPU share its part of a whole CPU expert."""
     split_launch_s = launch_s if split_launch_s is None else split_launch_s
-    values = [copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, split_min_gpu_share, split_launch_s, dense_overlap_s]
+    values = [copy_s, cpu_slowdown, copy_slowdown, launch_s, cpu_overhead_s, split_min_gpu_share, split_launch_s, dense_overlap_s,
+              split_cpu_scale]  # fmt: skip
     assert len(values) == len(RATES)
     return np.array(values)
 
@@ -244,6 +246,21 @@ def test_a_splits_host_time_delays_its_cpu_share_and_can_make_a_whole_copy_soone
     split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0,
                  cpu_s, gpu_s, rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3, split_launch_s=6.0), share, copy_end, spent)  # fmt: skip
     assert share[0] == 1.0
+
+
+def test_a_split_cpu_share_slower_than_its_part_of_a_whole_expert_leaves_the_gpu_more():
+    cpu_s, gpu_s = np.array([0.0, 10.0]), np.array([0.0, 0.1])
+    share, copy_end, spent = np.zeros(1), np.zeros(1), np.zeros(4)
+    # the CPU's share at 1.25 times its part of 10: f * 6 = (1 - f) * 12.5 at f = 12.5 / 18.5
+    gpu, cpu, _ = split_misses(np.array([1]), np.array([False]), 1, HYBRID, 0.0, 0.0, 0.0, 0.0, cpu_s, gpu_s,
+                               rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3, split_cpu_scale=1.25), share, copy_end, spent)  # fmt: skip
+    assert share[0] == pytest.approx(12.5 / 18.5)
+    assert (gpu, cpu) == pytest.approx((6 * 12.5 / 18.5 + 0.1, 6 * 12.5 / 18.5)) and spent[0] == pytest.approx(cpu)
+    # a whole miss on the CPU is not a split: its time is the whole expert's
+    spent = np.zeros(4)
+    split_misses(np.array([1]), np.array([False]), 1, CPU_ONLY, 0.0, 0.0, 0.0, 0.0, cpu_s, gpu_s,
+                 rates(6.0, 1.0, 1.0, split_min_gpu_share=1 / 3, split_cpu_scale=1.25), share, copy_end, spent)  # fmt: skip
+    assert share[0] == 0.0 and spent[0] == pytest.approx(10.0)
 
 
 def test_a_split_leaves_the_gpu_at_least_its_least_share():
