@@ -14,8 +14,8 @@ layer whose misses all went to the GPU eases the scale back towards calibration'
 
 A split's CPU share is paced apart, against its part of a whole CPU expert at the whole experts'
 pace (``schedule.RATES``' ``split_cpu_scale``): it runs only the first contraction, in two smaller
-products, and on the lent H100 host Phi-3.5-MoE's shares took 1.22-1.24 times that part where
-Mixtral-8x7B's took 0.93-1.02 (BENCHMARKS.md, session 20). Layers with misses but no split ease it
+products, and on the lent H100 hosts Phi-3.5-MoE's shares took 1.2-1.5 times that part where
+Mixtral-8x7B's took 0.8-1.0 (BENCHMARKS.md, session 20). Layers with misses but no split ease it
 back (``SPLIT_RELAX``): more slowly, as on Phi-3.5-MoE splits and other layers with misses come
 about equally often.
 """
