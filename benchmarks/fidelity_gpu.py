@@ -123,7 +123,10 @@ def main() -> None:
                "repeat": repeat, "playoff": playoff, "cpu_experts": measured.cpu_experts, "measured_split": measured.split, "predicted_split": predicted.split, "cpu_expert_ms_before": before_ms, "cpu_expert_ms_after": after_ms,
                "predicted_local_tokens_per_s": predicted_local.tokens_per_s, "predicted_local_cpu_s": predicted_local.cpu_s,
                "predicted_without_splits_tokens_per_s": whole.tokens_per_s, "output_queue_s": measured.output_queue_s,
-               "layers_by_kind": measured.summary()["layers_by_kind"]}  # fmt: skip
+               "layers_by_kind": measured.summary()["layers_by_kind"],
+               # the paces the runtime placed misses at, at the end (runtime.cpu_pace); the simulator prices at 1
+               "cpu_pace_scale": runtime.cpu_pace.scale if runtime.cpu_pace else None,
+               "split_pace_scale": runtime.split_pace.scale if runtime.split_pace else None}  # fmt: skip
         row["error"] = row["predicted_tokens_per_s"] / row["measured_tokens_per_s"] - 1
         row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
         rows.append(row)
