@@ -125,8 +125,8 @@ def main() -> None:
                "predicted_without_splits_tokens_per_s": whole.tokens_per_s, "output_queue_s": measured.output_queue_s,
                "layers_by_kind": measured.summary()["layers_by_kind"],
                # the paces the runtime placed misses at, at the end (runtime.cpu_pace); the simulator prices at 1
-               "cpu_pace_scale": runtime.cpu_pace.scale if runtime.cpu_pace else None,
-               "split_pace_scale": runtime.split_pace.scale if runtime.split_pace else None}  # fmt: skip
+               "cpu_pace_scale": runtime.cpu_pace.scale if runtime.cpu_pace is not None else None,
+               "split_pace_scale": runtime.split_pace.scale if runtime.split_pace is not None else None}  # fmt: skip
         row["error"] = row["predicted_tokens_per_s"] / row["measured_tokens_per_s"] - 1
         row["error_local"] = row["predicted_local_tokens_per_s"] / row["measured_tokens_per_s"] - 1
         rows.append(row)
