@@ -454,15 +454,13 @@ class CachedExperts:
         on_host = {}
         one_row_s, one_row_splits = [], []  # decode's CPU experts' seconds, and its splits' (with their part), for the paces
         for job, cut in zip(plan.split, cuts):
-            before = record.cpu_s
-            on_host[job.expert] = self._cpu_share(module, record, rows, job, cut)
+            on_host[job.expert], seconds = self._cpu_share(module, record, rows, job, cut)
             if job.row_count == 1:
-                one_row_splits.append((record.cpu_s - before, 1 - cut.gpu_fraction(self.layout)))
+                one_row_splits.append((seconds, 1 - cut.gpu_fraction(self.layout)))
         for job in plan.on_cpu:
-            before = record.cpu_s
-            on_host[job.expert] = self._cpu_share(module, record, rows, job)
+            on_host[job.expert], seconds = self._cpu_share(module, record, rows, job)
             if job.row_count == 1:
-                one_row_s.append(record.cpu_s - before)
+                one_row_s.append(seconds)
         if self.cpu_pace is not None:
             self._pace(plan, one_row_s, one_row_splits)
         for job in plan.on_cpu:
@@ -590,15 +588,18 @@ class CachedExperts:
         graphs = self.slot_graphs
         return graphs if graphs is not None and graphs.splits and rows.hidden is graphs.input else None
 
-    def _cpu_share(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut | None = None) -> torch.Tensor:
+    def _cpu_share(
+        self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut | None = None
+    ) -> tuple[torch.Tensor, float]:
         """``job``'s work on the CPU from the expert's host copy: the whole expert, or with ``cut``
-        a split's CPU units. Timed in ``record.cpu_s``."""
+        a split's CPU units; and the seconds it took, which are added to ``record.cpu_s``."""
         started = time.perf_counter()
         weights = self.layout.views(self.host[record.layer][job.expert])
         x = rows.on_cpu(job)
         out = expert_ffn(module, x, weights) if cut is None else units_out(module, x, weights, cut.units, cut.intermediate)
-        record.cpu_s += time.perf_counter() - started
-        return out
+        seconds = time.perf_counter() - started
+        record.cpu_s += seconds
+        return out, seconds
 
     def _timed_on_gpu(self, record: LayerPass, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
         """``queue()``'s result; the GPU time of the work it queues is added to ``record``."""
