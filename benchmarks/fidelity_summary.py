@@ -46,7 +46,10 @@ def _medians(by_config: dict[tuple, list[dict]]) -> tuple[dict[tuple, float], di
 def first_choice(rows: list[dict]) -> tuple[tuple, tuple]:
     """(policy, sets, ways) of the simulator's first choice and of the measured best, over the
     passes' runs (a playoff's are left out)."""
-    measured, predicted = _medians(_by_config([r for r in rows if not r.get("playoff")]))
+    return _chosen_and_best(*_medians(_by_config([r for r in rows if not r.get("playoff")])))
+
+
+def _chosen_and_best(measured: dict[tuple, float], predicted: dict[tuple, float]) -> tuple[tuple, tuple]:
     return max(predicted, key=predicted.get), max(measured, key=measured.get)
 
 
@@ -70,7 +73,7 @@ def summarise(rows: list[dict]) -> str:
         lines.append(_excess_per_split(rows))
     if any("layers_by_kind" in r for r in rows):
         lines.append(_layers_by_kind(rows))
-    chosen, best = first_choice(rows)
+    chosen, best = _chosen_and_best(measured, predicted)
     lines.append(f"simulator's first choice {_name(chosen)} measured {measured[chosen] / measured[best]:.1%} of the measured best {_name(best)}")
     if playoff:
         lines.append(_playoff(playoff))
