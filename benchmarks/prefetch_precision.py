@@ -37,7 +37,8 @@ def precision(path: str, sets: int, ways: int, policy: str, guesses: int) -> dic
     previous: dict[tuple[int, int], np.ndarray] = {}  # (request, layer) → the experts of its latest token
     counts = dict.fromkeys(["issued", "used", "naive_issued", "naive_used", "misses", "caught", "naive_caught"], 0)
     for step, ((request, _, phase), token) in enumerate(frame.groupby(["request", "position", "phase"], sort=False)):
-        chosen = [token.expert.to_numpy()[token.layer.to_numpy() == layer] for layer in range(layers)]
+        on_layer = [token.layer.to_numpy() == layer for layer in range(layers)]
+        chosen = [token.expert.to_numpy()[rows] for rows in on_layer]
         for layer in range(layers):
             if phase == "decode" and layer + 1 < layers:
                 absent = [e for e in range(experts) if cache.slot_of(layer + 1, e) < 0]
@@ -52,10 +53,9 @@ def precision(path: str, sets: int, ways: int, policy: str, guesses: int) -> dic
                 counts["misses"] += len(missed)
                 counts["caught"] += len(missed.intersection(learned))
                 counts["naive_caught"] += len(missed.intersection(naive))
-            rows = token.layer.to_numpy() == layer
-            cache.access_many(np.full(rows.sum(), layer), chosen[layer], token.weight.to_numpy()[rows], step)
+            cache.access_many(np.full(len(chosen[layer]), layer), chosen[layer], token.weight.to_numpy()[on_layer[layer]], step)
             if layer + 1 < layers:
-                follows[layer][np.ix_(chosen[layer], token.expert.to_numpy()[token.layer.to_numpy() == layer + 1])] += 1
+                follows[layer][np.ix_(chosen[layer], chosen[layer + 1])] += 1
             previous[(request, layer)] = chosen[layer]
     return {
         "used": counts["used"] / max(counts["issued"], 1),
