@@ -137,12 +137,6 @@ class CachedExperts:
         # each slot's parameter views, made once: a layer reads them per expert. (Not the host rows':
         # views would keep rows alive that their owner frees, as bench's accelerate peer does.)
         self._slot_views = [layout.views(self.pool.buffer[s]) for s in range(slots)]
-        # one-row experts replayed per slot (runtime.slot_graphs); None: they run eagerly
-        self.slot_graphs = (
-            SlotGraphs(layers[0][1], self._slot_views, layout.hidden_size(layers[0][1]), layout.dtype, device,
-                       splits=least_gpu_share(layers[0][1], layout) > 0)
-            if slot_graphs and slots else None
-        )  # fmt: skip
         self._zero_rows: dict[int, torch.Tensor] = {}
         if isinstance(self.cache, StaticPlacement):
             for layer in self.moe_layers:
@@ -155,10 +149,17 @@ class CachedExperts:
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._dense_s = profile.dense_table_s(PRICED_TOKENS)
         self._rates = rates_of(profile, layout.nbytes)
-        # the CPU's speed as the runtime's own CPU experts find it (runtime.cpu_pace); None: the profile's
-        self.cpu_pace = CpuPace() if pace_cpu else None
         if self._rates[5] > 0:  # the profile allows splits: at this model's least GPU share, or none
             self._rates[5] = least_gpu_share(layers[0][1], layout)
+        # one-row experts replayed per slot (runtime.slot_graphs), with a split's halves where this
+        # runtime splits; None: they run eagerly
+        self.slot_graphs = (
+            SlotGraphs(layers[0][1], self._slot_views, layout.hidden_size(layers[0][1]), layout.dtype, device,
+                       splits=self._rates[5] > 0)
+            if slot_graphs and slots else None
+        )  # fmt: skip
+        # the CPU's speed as the runtime's own CPU experts find it (runtime.cpu_pace); None: the profile's
+        self.cpu_pace = CpuPace() if pace_cpu else None
         # a split's CPU share against its part of a whole CPU expert, as the runtime's own splits find it
         self.split_pace = CpuPace(relax_weight=SPLIT_RELAX) if pace_cpu and self._rates[5] > 0 else None
         self._link_free_at = 0.0  # perf_counter() time when the copies started so far should end

@@ -118,6 +118,17 @@ def test_misses_split_between_the_gpu_and_the_cpu_keep_the_output(model_dirs, fa
     assert (splits > 0) == (family != "gpt_oss")  # gpt-oss stores its experts transposed: never cut
 
 
+def test_a_profile_without_splits_never_splits_and_captures_no_split_graphs(model_dirs):
+    model_dir = model_dirs("mixtral")
+    unsplit = replace(SPLIT, split_min_gpu_share=0.0)
+    out, runtime = cached_generate(model_dir, CacheConfig(sets=3, ways=2, policy="eta"), profile=unsplit, pace_from=1.0)
+    assert torch.equal(out, reference(model_dir)[1])
+    assert runtime.stats.split == 0 and runtime.stats.layer_cpu_s.sum() > 0
+    assert runtime.cpu_pace is not None and runtime.split_pace is None  # paced, but no split to pace
+    if DEVICE == "cuda":  # the slot graphs hold no split halves this runtime would never replay
+        assert not runtime.slot_graphs.splits
+
+
 def test_a_layers_second_miss_split_behind_its_first_keeps_the_output(model_dirs, tmp_path):
     # CPU 4 ms against copy 10: of a decode layer's two misses the first runs on the CPU, the second
     # is split, its GPU share copied while the CPU computes the first, then its own share
