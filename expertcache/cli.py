@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from expertcache.errors import ExpertCacheError
+from expertcache.simulator.geometry import SET_COUNTS
 from expertcache.simulator.policies import POLICIES
 
 PROFILE_HELP = "Cost profile: a built-in name (h100, desktop-4090) or a JSON file from `expertcache calibrate`. [default: h100]"
@@ -165,6 +166,8 @@ def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, see
 @click.option("--policies", "policy_list", default=",".join(POLICIES), show_default=True, help="Comma-separated policies; belady is shown as the bound, never chosen.")
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts. [default: every count the profile measured]")
 @click.option("--max-sets", type=COUNT, help="Largest set count N to try. [default: all]")
+@click.option("--set-counts", "most_set_counts", type=click.IntRange(min=2), default=SET_COUNTS, show_default=True,
+              help="Most set counts N to try: every one up to --max-sets when there are fewer, else this many, every small N then a log scale up to the largest.")
 @click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP)
 @click.option("--executor", type=click.Choice(["process", "serial", "ray"]), default="process", show_default=True, help="Where configurations run: local processes, this process, or a Ray cluster.")
 @click.option("--workers", type=COUNT, help="Local processes. [default: all cores]")
@@ -172,12 +175,13 @@ def simulate(trace_path, sets, ways, policy, mapping, profile_name, threads, see
 @click.option("--out", "out_path", type=OutputPath(), default="best-config.json", show_default=True, help="Where to write the best CacheConfig.")
 @click.option("--results", "results_path", type=OutputPath(suffixes=(".csv", ".parquet")), help="Write every result to this .csv or .parquet file.")
 @click.option("--top", type=COUNT, default=15, show_default=True, help="Rows of the ranked table to print.")
-def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profile_name, executor, workers, address, out_path, results_path, top) -> None:
-    """Simulate every N x M geometry that fits the budget, for every policy and thread count,
+def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, most_set_counts, profile_name, executor, workers, address, out_path, results_path, top) -> None:
+    """Simulate the N x M geometries that fit the budget, for every policy and thread count,
     print the ranking and write the best configuration for `expertcache run --config`.
 
     For each set count N the sweep takes the most ways M that fit, since fewer ways leave
-    memory unused.
+    memory unused. Budgets of thousands of slots (models of many small experts) try
+    --set-counts of the N, spread from 1 to the largest.
     """
     from expertcache.errors import ConfigError
     from expertcache.simulator.costs import load_profile
@@ -207,7 +211,7 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, profil
     profile = load_profile(profile_name)
     threads = thread_list or profile.thread_counts
     policy_names = [p.strip() for p in policy_list.split(",") if p.strip()]
-    todo = candidates(geometries_for_slots(total, meta.top_k, max_sets), policy_names, threads)
+    todo = candidates(geometries_for_slots(total, meta.top_k, max_sets, most_set_counts), policy_names, threads)
 
     click.echo(f"{len(todo)} configurations ({total} slots of {format_bytes(meta.expert_bytes)}, profile {profile.name}) over {len(paths)} trace(s)", err=True)
     results, ranked, best = _sweep_and_choose(paths, todo, profile, budget_bytes, out_path, executor=executor, workers=workers, address=address)

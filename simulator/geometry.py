@@ -48,15 +48,35 @@ class Geometry:
         return f"{self.sets}x{self.ways}"
 
 
-def geometries_for_slots(total_slots: int, top_k: int, max_sets: int | None = None) -> list[Geometry]:
-    """For every set count N, the geometry with the most ways that fits ``total_slots``.
+SET_COUNTS = 64
+"""The most set counts a sweep tries by default. Models of many small experts hold thousands of
+slots (Qwen3-30B-A3B about 2,300 under 24 GiB), and every set count costs a replay per policy:
+`markov` took about 5 s a replay there, whatever the geometry (development box)."""
+
+
+def set_counts(limit: int, most: int = SET_COUNTS) -> list[int]:
+    """Every set count from 1 to ``limit`` when there are at most ``most``; else ``most`` of them
+    from 1 to ``limit``, each the next whole count or a constant factor past the one before,
+    whichever is larger (every small count, then a log scale): neighbouring large counts share
+    nearly all their slots and ways, and predict nearly the same."""
+    if limit <= most:
+        return list(range(1, limit + 1))
+    counts = [1]
+    while len(counts) < most:
+        factor = (limit / counts[-1]) ** (1 / (most - len(counts)))  # the last step lands on limit
+        counts.append(max(counts[-1] + 1, round(counts[-1] * factor)))
+    return counts
+
+
+def geometries_for_slots(total_slots: int, top_k: int, max_sets: int | None = None, most: int = SET_COUNTS) -> list[Geometry]:
+    """For each set count N of :func:`set_counts`, the geometry with the most ways that fits ``total_slots``.
 
     A smaller M at the same N only leaves memory unused, so it is not worth simulating.
     """
     if total_slots < top_k:
         raise ConfigError(f"the budget holds {total_slots} expert slots, fewer than top_k = {top_k}")
     limit = total_slots if max_sets is None else min(total_slots, max_sets)
-    found = [Geometry(n, total_slots // n) for n in range(1, limit + 1)]
+    found = [Geometry(n, total_slots // n) for n in set_counts(limit, most)]
     return [g for g in found if g.slots >= top_k]
 
 

@@ -50,6 +50,14 @@ def test_sweep_writes_the_best_config_and_every_result(small_trace, tmp_path):
     assert "rank" in result.stdout and f"best: {config.sets} sets x {config.ways} ways" in result.stdout
 
 
+def test_sweep_tries_at_most_set_counts_of_the_geometries(small_trace, tmp_path):
+    results = tmp_path / "all.csv"
+    result = run_cli("sweep", "--trace", str(small_trace), "--slots", "4", "--set-counts", "2", "--policies", "lru",
+                     "--threads", "16", "--executor", "serial", "--results", str(results), "--out", str(tmp_path / "best.json"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(pd.read_csv(results).sets) == [1, 4]  # the fully associative cache and the direct-mapped one
+
+
 def test_sweep_makes_the_folders_it_writes_into(small_trace, tmp_path):
     best, results = tmp_path / "new" / "best.json", tmp_path / "other" / "deeper" / "all.parquet"
     result = run_cli("sweep", "--trace", str(small_trace), "--slots", "4", "--out", str(best), "--results", str(results))

@@ -8,7 +8,7 @@ import pytest
 from expertcache.errors import ConfigError
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import load_profile
-from expertcache.simulator.geometry import geometries_for_slots, slots_for_budget
+from expertcache.simulator.geometry import SET_COUNTS, geometries_for_slots, set_counts, slots_for_budget
 from expertcache.simulator.sweep import best_config, candidates, rank, run_sweep
 
 
@@ -17,6 +17,17 @@ def test_geometries_take_the_most_ways_for_each_set_count():
     assert found == [(1, 6), (2, 3), (3, 2), (4, 1), (5, 1), (6, 1)]
     with pytest.raises(ConfigError, match="fewer than top_k"):
         geometries_for_slots(1, top_k=2)
+
+
+def test_thousands_of_slots_try_every_small_set_count_then_a_log_scale_up_to_the_largest():
+    assert set_counts(58) == list(range(1, 59))  # Mixtral under 24 GiB: every set count, as before
+    counts = set_counts(2300)  # Qwen3-30B-A3B under 24 GiB
+    assert len(counts) == SET_COUNTS and counts[0] == 1 and counts[-1] == 2300
+    assert counts[:13] == list(range(1, 14))
+    steps = [later / earlier for earlier, later in zip(counts[12:], counts[13:])]
+    assert all(a < b for a, b in zip(counts, counts[1:])) and max(steps) < 1.2 and min(steps) > 1.05
+    found = geometries_for_slots(2300, top_k=8, max_sets=500, most=10)
+    assert [g.sets for g in found] == set_counts(500, 10) and all(g.ways == 2300 // g.sets for g in found)
 
 
 def test_budget_smaller_than_one_expert_is_refused():
