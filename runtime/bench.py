@@ -93,9 +93,10 @@ def check_systems(systems: list[str]) -> None:
 
 
 def choose_config(trace_path: Path, setup: BenchSetup, top_k: int, profile: Profile) -> CacheConfig:
-    """The runnable configuration the simulator predicts fastest on ``trace_path`` for ``profile``."""
+    """The runnable configuration the simulator predicts fastest on ``trace_path`` for ``profile``,
+    simulated in processes on every core (the machine is idle between calibration and the runs)."""
     todo = runnable_candidates(setup.slots, top_k, [setup.threads])
-    ranked = rank(run_sweep([trace_path], todo, profile, executor="serial"))
+    ranked = rank(run_sweep([trace_path], todo, profile, executor="process"))
     return best_config(ranked, setup.budget_bytes)
 
 

@@ -6,6 +6,7 @@ tokens/s over all traces together (total decode tokens / total decode time).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -74,7 +75,10 @@ def _run_serial(paths, profile, todo) -> Iterator[list[dict]]:
 
 
 def _run_processes(paths, profile, todo, workers) -> Iterator[list[dict]]:
-    with ProcessPoolExecutor(max_workers=workers, initializer=_init_worker, initargs=(list(paths),)) as pool:
+    """Fresh interpreters ("spawn"), never forks of the caller: `bench` and `tune` sweep from a
+    process holding a CUDA context, pinned host memory and spinning OpenMP threads."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(list(paths),)) as pool:
         yield from pool.map(_evaluate_in_worker, [profile] * len(todo), todo, chunksize=max(1, len(todo) // (8 * workers)))
 
 
