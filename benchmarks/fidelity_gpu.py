@@ -77,7 +77,8 @@ def main() -> None:
     plan = plan_memory(full_size_config(args.shape), parse_bytes(args.budget), args.prompt_tokens + args.new_tokens + 8, torch.bfloat16)
     slots = plan.slots
     attach(model, host, CacheConfig(sets=1, ways=2), torch.device("cuda"), args.threads, None, top_k)
-    profile = calibrate(model, name="h100-measured", threads=[args.threads, os.cpu_count()], progress=lambda m: print("calibrating", m, flush=True))
+    profile = calibrate(model, name="h100-measured", threads=[args.threads, os.cpu_count()], progress=lambda m: print("calibrating", m, flush=True),
+                        slots=slots)  # fmt: skip
     print(json.dumps({"profile": profile.__dict__}), flush=True)
     trace = read_trace(args.trace)
     prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt_tokens), generator=torch.Generator().manual_seed(0)).cuda()

@@ -493,6 +493,8 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
     click.echo(f"a layer computing on the CPU pays {profile.cpu_path_overhead_ms:.3f} ms more (its input to the host, outputs back)")
     click.echo(f"GPU work hidden behind the next layer's dense work, at most {profile.dense_overlap_ms:.3f} ms per layer")
     click.echo(f"generate's own work between decode passes {profile.step_overhead_ms:.3f} ms per token")
+    click.echo(f"the cache core deciding a layer, {profile.decision_slots} slots (fully associative / direct-mapped): "
+               + ", ".join(f"{policy} {full:.3f} / {direct:.3f} ms" for policy, (full, direct) in profile.decision_ms.items()))  # fmt: skip
     click.echo(f"profile  {out_path}, {time.perf_counter() - started:.0f} s with loading the model")
 
 

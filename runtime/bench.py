@@ -170,7 +170,7 @@ def run_bench(
     device = next(model.parameters()).device
     attach(model, host, CacheConfig(sets=1, ways=top_k, policy="lru"), device, setup.threads, None, top_k, cuda_graphs=setup.cuda_graphs)
     say("calibrating this machine")
-    profile = calibrate(model, name="bench", threads=sorted({1, setup.threads}), progress=lambda m: say(f"  measuring {m}"))
+    profile = calibrate(model, name="bench", threads=sorted({1, setup.threads}), progress=lambda m: say(f"  measuring {m}"), slots=setup.slots)
     say("warming up")  # the first generate of a process is slow (allocations, kernel selection)
     with torch.inference_mode():
         model.generate(torch.zeros(1, setup.prompt_tokens, dtype=torch.long, device=device), max_new_tokens=4, do_sample=False)

@@ -22,6 +22,7 @@ from expertcache.runtime.experts import expert_ffn
 from expertcache.runtime.kv import empty_cache
 from expertcache.runtime.split import least_gpu_share
 from expertcache.simulator.costs import Profile
+from expertcache.simulator.decision_time import measure_decision_ms
 from expertcache.simulator.placements import AllOnCpu
 from expertcache.simulator.schedule import CPU_ONLY, GPU_ONLY
 
@@ -150,8 +151,11 @@ def thread_counts(cores: int | None = None) -> list[int]:
     return sorted(c for c in counts if 1 <= c <= cores)
 
 
-def calibrate(model, name: str = "calibrated", threads: list[int] | None = None, repeats: int = 5, progress=None) -> Profile:
-    """Measure a Profile with ``model`` (from ``expertcache.load`` or ``attach``).
+def calibrate(
+    model, name: str = "calibrated", threads: list[int] | None = None, repeats: int = 5, progress=None, slots: int | None = None
+) -> Profile:
+    """Measure a Profile with ``model`` (from ``expertcache.load`` or ``attach``); the cache core's
+    decisions are timed at ``slots`` slots (default: the attached cache's).
 
     The cache's slots and state are left as they were, so the model generates the same afterwards.
     Its notes say how long the measuring took (the issue's bound is two minutes).
@@ -206,6 +210,10 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
     dense_ms, cpu_overhead_ms, dense_overlap_ms = _time_outside_experts(model, runtime, launch_ms, 1e3 * copy_s)
     say("generation loop between passes")
     step_overhead_ms = _step_overhead_ms(model, runtime)
+    decision_slots = slots or runtime.config.slots
+    say(f"the cache core's decisions, {decision_slots} slots")
+    num_layers = model.config.get_text_config().num_hidden_layers
+    decision_ms = measure_decision_ms(decision_slots, num_layers, runtime.num_experts, runtime.moe_layers, runtime.top_k)
     return Profile(
         name=name,
         expert_bytes=layout.nbytes,
@@ -222,6 +230,8 @@ def calibrate(model, name: str = "calibrated", threads: list[int] | None = None,
         split_launch_ms=split_launch_ms,
         dense_overlap_ms=dense_overlap_ms,
         step_overhead_ms=step_overhead_ms,
+        decision_ms=decision_ms,
+        decision_slots=decision_slots,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores, in {time.perf_counter() - started:.0f} s; dense_ms holds all time per layer outside expert work (dispatch included), "
         f"decoding {'from CUDA graphs' if runtime.graphs is not None else 'eagerly'}",

@@ -8,7 +8,7 @@ one-token expert FFN reads its weights once and is bound by memory bandwidth.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -52,12 +52,20 @@ class Profile:
     # per decode step, the generation loop's own time between forward passes (its logits processing,
     # stopping check and next inputs): a cost every system pays, one a per-layer figure cannot hold
     step_overhead_ms: float = 0.0
+    # per online policy, host ms the cache core takes to decide one layer visit with `decision_slots`
+    # slots: [fully associative, direct-mapped] (simulator.decision_time); empty: decisions cost nothing
+    # (profiles calibrated before they were measured, and the built-in ones)
+    decision_ms: dict[str, list[float]] = field(default_factory=dict)
+    decision_slots: int = 0
     notes: str = ""
 
     def __post_init__(self) -> None:
         self.cpu_expert_ms = {int(t): {int(n): float(ms) for n, ms in row.items()} for t, row in self.cpu_expert_ms.items()}
         self.gpu_expert_ms = {int(n): float(ms) for n, ms in self.gpu_expert_ms.items()}
         self.dense_ms = {int(n): float(ms) for n, ms in self.dense_ms.items()}
+        self.decision_ms = {str(policy): [float(ms) for ms in pair] for policy, pair in self.decision_ms.items()}
+        if any(len(pair) != 2 for pair in self.decision_ms.values()):
+            raise ConfigError(f"profile '{self.name}': decision_ms holds [fully associative, direct-mapped] per policy")
         if self.h2d_gbps <= 0 or self.expert_bytes <= 0:
             raise ConfigError(f"profile '{self.name}': h2d_gbps and expert_bytes must be positive")
         if not self.cpu_expert_ms or not self.gpu_expert_ms or not self.dense_ms:
@@ -86,6 +94,17 @@ class Profile:
 
     def dense_table_s(self, max_tokens: int) -> np.ndarray:
         return _table(self.dense_ms, max_tokens) / 1e3
+
+    def decision_s(self, policy: str, sets: int, ways: int) -> float:
+        """Host seconds the cache core takes to decide one layer visit under ``policy`` with ``sets`` x
+        ``ways`` slots; 0 where the policy was not measured. The direct-mapped time is taken as upkeep
+        per slot (markov's evidence), scaled to these slots; what the fully associative cache adds, as
+        the scan of a set's ways on a miss, scaled to these ways."""
+        if policy not in self.decision_ms or self.decision_slots < 1:
+            return 0.0
+        full_ms, direct_ms = self.decision_ms[policy]
+        per_way_ms = max(full_ms - direct_ms, 0.0) / max(self.decision_slots - 1, 1)
+        return (direct_ms * sets * ways / self.decision_slots + per_way_ms * (ways - 1)) / 1e3
 
     def with_cpu_slower(self, factor: float) -> "Profile":
         """This profile with every CPU expert time ``factor`` times longer: the machine's CPU as

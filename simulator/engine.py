@@ -4,7 +4,8 @@ Each (forward pass, MoE layer) is charged as the runtime executes it: the dense 
 then hits on the GPU from their slots (waiting for a copy still in flight), then each miss where
 ``schedule.split_misses`` puts it: on the CPU, on the GPU after its copy (copies run one after
 another on the PCIe link), or, for the layer's last miss, split between the two. The layer takes as long as the
-slower of the GPU and CPU paths, plus a fixed dispatch overhead, less the GPU's tail that the
+slower of the GPU and CPU paths, plus a fixed dispatch overhead and the cache core's own time to
+decide the layer's accesses (``Profile.decision_s``), less the GPU's tail that the
 host's next dense work hides (``Profile.dense_overlap_ms``). Each decode pass first waits for the
 generation loop's own work since the last one (``Profile.step_overhead_ms``).
 """
@@ -258,6 +259,8 @@ def simulate(
         config = CacheConfig(sets=geometry.sets, ways=geometry.ways, policy=policy)
         decider = placement_decider(placement, config, meta.num_layers, meta.num_experts, meta.moe_layers)
         hit, slot, _ = decider.access_many(replay.layer, replay.expert, replay.weight, 0)
+    # the host's time in the cache core before a layer's misses can start (static and cpu decide nothing)
+    decisions_s = profile.decision_s(policy, geometry.sets, geometry.ways) if placement in ("cache", "fetch") else 0.0
     max_tokens = int(replay.group_tokens.max())
     totals = np.zeros(7)
     counts = np.zeros(4, dtype=np.int64)
@@ -270,7 +273,7 @@ def simulate(
         profile.gpu_table_s(meta.expert_bytes, max_tokens),
         profile.dense_table_s(max_tokens),
         rates_of(profile, meta.expert_bytes),
-        profile.layer_overhead_ms / 1e3,
+        profile.layer_overhead_ms / 1e3 + decisions_s,
         profile.step_overhead_ms / 1e3,
         geometry.slots, MISS_PATHS[placement], totals, counts, layer_hits, layer_misses,
     )  # fmt: skip

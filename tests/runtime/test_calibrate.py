@@ -32,6 +32,10 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     assert f"computing on the CPU pays {profile.cpu_path_overhead_ms:.3f} ms more" in result.stdout
     # generate's logits processing and stopping check between passes: the toy's steps cost more than its passes
     assert profile.step_overhead_ms > 0 and f"between decode passes {profile.step_overhead_ms:.3f} ms per token" in result.stdout
+    # the cache core timed at the budget's slots, for every policy the runtime runs
+    assert profile.decision_slots > 0 and set(profile.decision_ms) == {"lru", "fifo", "lfu", "random", "score", "eta", "markov"}
+    assert all(ms > 0 for pair in profile.decision_ms.values() for ms in pair)
+    assert f"the cache core deciding a layer, {profile.decision_slots} slots" in result.stdout
     # how long it took, against the two minutes: the measuring in the profile, the command's on screen
     assert re.search(r"cores, in \d+ s;", profile.notes) and re.search(r"profile  .*here\.json, \d+ s with loading the model", result.stdout)
     assert profile.notes.endswith("decoding eagerly")  # the CPU has no CUDA graphs

@@ -72,6 +72,20 @@ def test_a_splittable_model_splits_the_lone_miss_and_still_keeps_the_expert(thre
     assert result.cpu_s == pytest.approx(5e-3) and result.pcie_busy_s == pytest.approx(10e-3)
 
 
+def test_the_cache_cores_decisions_are_charged_to_every_layer_visit_as_calibrated(three_tokens):
+    # at 4 calibrated slots: 2 ms deciding a visit direct-mapped (upkeep per slot), 5 ms fully
+    # associative (1 ms more per way scanned); the three-token trace runs in one slot (1 x 1)
+    timed = replace(profile(copy_ms=10.0), decision_ms={"lru": [5.0, 2.0]}, decision_slots=4)
+    assert timed.decision_s("lru", 1, 4) == pytest.approx(5e-3) and timed.decision_s("lru", 4, 1) == pytest.approx(2e-3)
+    assert timed.decision_s("lru", 8, 2) == pytest.approx(8e-3 + 1e-3) and timed.decision_s("fifo", 1, 4) == 0.0
+    plain = simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=10.0), threads=4)
+    charged = simulate(three_tokens, Geometry(1, 1), "lru", timed, threads=4)
+    assert (charged.hits, charged.misses) == (plain.hits, plain.misses)
+    assert charged.decode_s == pytest.approx(plain.decode_s + 3 * 0.5e-3)  # a quarter of the upkeep, per visit
+    static = simulate(three_tokens, Geometry(1, 1), "lru", timed, threads=4, placement="static")
+    assert static.decode_s == pytest.approx(simulate(three_tokens, Geometry(1, 1), "lru", profile(copy_ms=10.0), threads=4, placement="static").decode_s)
+
+
 def test_a_cpu_measured_slower_moves_the_miss_to_the_copy_path(three_tokens):
     hand = profile(copy_ms=10.0)
     slower = hand.with_cpu_slower(1.5)
