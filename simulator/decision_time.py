@@ -52,4 +52,3 @@ def measure_decision_ms(slots: int, num_layers: int, num_experts: int, moe_layer
             means.append(1e3 * seconds / TIMED_VISITS)
         measured[name] = means
     return measured
-
