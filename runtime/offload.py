@@ -201,15 +201,17 @@ class CachedExperts:
         self.request = request
         self.position = 0
 
-    def end_pass(self) -> None:
-        """Close the forward pass in progress, if any: resolve its timings, count, record."""
+    def end_pass(self) -> float | None:
+        """Close the forward pass in progress, if any: resolve its timings, count, record. Returns
+        when it ended (``time.perf_counter()``), None when no pass was open."""
         if self._pass_started is None:
-            return
+            return None
         if self.device.type == "cuda":
             # the pass's own work only: copies into slots may run on into the next pass, as the
             # simulator lets them (a device-wide wait would drain the link at every token)
             torch.cuda.current_stream(self.device).synchronize()
-        wall = time.perf_counter() - self._pass_started
+        ended = time.perf_counter()
+        wall = ended - self._pass_started
         for record in self._layers:
             record.gpu_s += sum(start.elapsed_time(end) for start, end in record.gpu_events) / 1e3
             record.copy_wait_s = sum(before.elapsed_time(after) for before, after in record.wait_events) / 1e3
@@ -232,6 +234,7 @@ class CachedExperts:
         self._layers = []
         self.position += self._pass_tokens
         self._pass_started = None
+        return ended
 
     def drain(self) -> None:
         """Wait for the copies still on the link. A pass ends when its own work does, and copies into
@@ -241,11 +244,14 @@ class CachedExperts:
             torch.cuda.synchronize(self.device)
 
     def _begin_pass(self, tokens: int) -> None:
-        self.end_pass()
+        after_decode = self._pass_is_decode and self._pass_started is not None
+        ended = self.end_pass()
         self.step += 1
         self._pass_tokens = tokens
         self._pass_is_decode = self.position > 0 and tokens == 1
-        self._pass_started = time.perf_counter()
+        # between two decode passes nothing goes untimed: closing the last one (reading its GPU
+        # timings, recording it) held the host as much as generating the next token did
+        self._pass_started = ended if after_decode and self._pass_is_decode else time.perf_counter()
 
     # -- one MoE layer -----------------------------------------------------------------------
     def forward(

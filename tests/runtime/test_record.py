@@ -177,3 +177,44 @@ def test_run_reports_bad_input_in_one_line(model_dirs, tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr, result.stderr
+
+
+def test_a_deferred_recording_writes_what_a_running_one_does(model_dirs, tmp_path):
+    """The bench's recordings are written at close (``Recorder(deferred=True)``): the same trace,
+    accesses and timing rows as one written pass by pass."""
+    model_dir = model_dirs("mixtral")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    files = {}
+    for deferred in (False, True):
+        model = load(model_dir, config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+        path = tmp_path / f"{deferred}.parquet"
+        model.expertcache.recorder = Recorder(path, model.expertcache, "tiny", deferred=deferred)
+        generate_prompts(model, tokenizer, PROMPTS[:2], max_new_tokens=6, stream=False)
+        if deferred:
+            assert not path.exists() and len(model.expertcache.recorder.deferred) > 0  # nothing written yet
+        model.expertcache.recorder.close()
+        files[deferred] = (read_trace(path).frame, pd.read_parquet(sibling(path, "access")), pd.read_parquet(sibling(path, "timing")))
+    (trace, access, timing), (deferred_trace, deferred_access, deferred_timing) = files[False], files[True]
+    pd.testing.assert_frame_equal(trace, deferred_trace)
+    pd.testing.assert_frame_equal(access, deferred_access)
+    untimed = [c for c in timing.columns if not c.endswith("_s")]
+    assert len(timing) > 0
+    pd.testing.assert_frame_equal(timing[untimed], deferred_timing[untimed])
+
+
+def test_nothing_between_two_decode_passes_goes_untimed(model_dirs):
+    """Closing a decode pass (reading its timings, recording it) holds the host between two
+    tokens: the next decode pass starts where the last one ended, so decode time counts it."""
+    from expertcache.runtime.kv import empty_cache
+
+    model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2), device="cpu")
+    runtime = model.expertcache
+    cache = empty_cache(model, 16)
+    with torch.inference_mode():
+        runtime.begin_request(0)
+        model(torch.tensor([[1, 2, 3, 4]]), past_key_values=cache, use_cache=True)  # prefill, left open
+        model(torch.tensor([[5]]), past_key_values=cache, use_cache=True)  # the first decode pass
+        first_started, prefill_s = runtime._pass_started, runtime.stats.prefill_s
+        model(torch.tensor([[6]]), past_key_values=cache, use_cache=True)  # the second closes the first
+    assert runtime.stats.decode_tokens == 1 and prefill_s > 0
+    assert runtime._pass_started == pytest.approx(first_started + runtime.stats.decode_s, abs=1e-9)
