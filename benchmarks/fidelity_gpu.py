@@ -101,7 +101,7 @@ def main() -> None:
         runtime = model.expertcache
         runtime.routing = TraceRouting(trace, runtime.moe_layers, runtime.num_experts, top_k)
         path = tmp / f"{policy}-{sets}x{ways}-{repeat}.parquet"
-        runtime.recorder = Recorder(path, runtime, args.shape)
+        runtime.recorder = Recorder(path, runtime, args.shape, deferred=True)
         runtime.begin_request(0)
         before_ms = cpu_expert_ms(model, args.threads, repeats=SPOT_REPEATS, warm_up_s=0.2, window_s=0.0)[1]
         with torch.inference_mode():

@@ -110,7 +110,7 @@ def run_system(
     runtime = model.expertcache
     if setup.trace_path is not None:
         runtime.routing = TraceRouting(read_trace(setup.trace_path), runtime.moe_layers, runtime.num_experts, top_k)
-    runtime.recorder = Recorder(record_path, runtime, f"bench-{system}")
+    runtime.recorder = Recorder(record_path, runtime, f"bench-{system}", deferred=True)  # written once the run is over
     prompts = torch.randint(0, model.config.vocab_size, (setup.requests, setup.prompt_tokens), generator=torch.Generator().manual_seed(0))
     meter = EnergyMeter(device)
     for request in range(setup.requests):
