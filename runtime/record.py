@@ -45,8 +45,9 @@ class Recorder:
     A recording is written as it goes, each pass flushed, so that one cut short keeps every
     completed token. The bench's recordings only price the run they record, once it is over:
     with ``deferred`` each pass is kept as the runtime closed it and written at ``close``. Writing
-    runs between two decode passes, which the runtime counts as decoding, and on the lent H100
-    host it held each OLMoE-1B-7B token 1.3-2.9 ms (``benchmarks/decode_loop_gpu.py``)."""
+    runs between two decode passes, which the runtime counts as decoding: with the runtime's own
+    bookkeeping, 1.6-2.1 ms a token on shortened OLMoE, Qwen3 and Phi models on the lent H100 host
+    (``benchmarks/decode_loop_gpu.py``, BENCHMARKS.md session 22)."""
 
     def __init__(self, path: str | Path, runtime, model_name: str, deferred: bool = False) -> None:
         self.path = Path(path)
