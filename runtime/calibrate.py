@@ -212,8 +212,7 @@ def calibrate(
     step_overhead_ms = _step_overhead_ms(model, runtime)
     decision_slots = slots or runtime.config.slots
     say(f"the cache core's decisions, {decision_slots} slots")
-    num_layers = model.config.get_text_config().num_hidden_layers
-    decision_ms = measure_decision_ms(decision_slots, num_layers, runtime.num_experts, runtime.moe_layers, runtime.top_k)
+    decision_ms = measure_decision_ms(decision_slots, runtime.stats.num_layers, runtime.num_experts, runtime.moe_layers, runtime.top_k)
     return Profile(
         name=name,
         expert_bytes=layout.nbytes,
