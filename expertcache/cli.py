@@ -459,7 +459,7 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 @click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--gpu-budget", help="GPU memory calibrating --model may use: dense weights, a short KV cache, top_k slots, e.g. 24GiB. [default: free GPU memory]")
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
-@click.option("--repeats", type=COUNT, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s.")
+@click.option("--repeats", type=COUNT, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s on each of torch's one-row kernels (oneDNN's, its own), the faster kept.")
 @click.option("--trust-remote-code", is_flag=True)
 @click.option("--enforce-eager", is_flag=True, help="Time the layers decoding without CUDA graphs, for runs with --enforce-eager.")
 @click.option("--out", "out_path", type=OutputPath(), default="profile.json", show_default=True)
@@ -486,7 +486,10 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
     model = attach(model, host, config, torch.device(device), torch.get_num_threads(), None, top_k, cuda_graphs=not enforce_eager)
     profile = measure(model, name=Path(out_path).stem, threads=thread_list, repeats=repeats, progress=lambda m: click.echo(f"measuring {m}", err=True))
     profile.to_json(out_path)
-    click.echo(f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) " + ", ".join(f"{t} threads {row[1]:.2f} ms" for t, row in profile.cpu_expert_ms.items()))
+    click.echo(
+        f"pinned copies {profile.h2d_gbps:.1f} GB/s; CPU expert (1 token) "
+        + ", ".join(f"{t} threads {row[1]:.2f} ms ({profile.one_row_kernel_at(t)})" for t, row in profile.cpu_expert_ms.items())
+    )
     click.echo(f"GPU expert (1 token) {profile.gpu_expert_ms[1]:.3f} ms; outside experts {profile.dense_ms[1]:.3f} ms per layer; CPU slowdown under copies {profile.cpu_slowdown_during_copy:.2f}, copies under CPU experts {profile.copy_slowdown_during_cpu:.2f}; queueing a GPU expert {profile.gpu_launch_ms:.3f} ms")
     if profile.split_launch_ms is not None:
         click.echo(f"a split expert's host time besides its CPU share {profile.split_launch_ms:.3f} ms")
@@ -546,7 +549,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
     for i, row in ranked.head(5).reset_index(drop=True).iterrows():
         click.echo(f"{i + 1:>4} {row.sets:>5} x {row.ways:<4} {row.policy:<7} {row.threads:>3} threads  hit rate {row.hit_rate:6.1%}  {row.tokens_per_s:8.2f} tokens/s")
     click.echo(f"best     {best.sets} sets x {best.ways} ways, {best.policy}, {best.threads} threads -> {out / 'best-config.json'}")
-    click.echo(f"run it   expertcache run --model {model_path} --config {out / 'best-config.json'} --prompt ...")
+    click.echo(f"run it   expertcache run --model {model_path} --config {out / 'best-config.json'} --profile {out / 'profile.json'} --prompt ...")
 
 
 @main.command()

@@ -14,14 +14,16 @@ import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from expertcache.runtime.cpu_kernel import cpu_products, faster_one_row_kernel
 from expertcache.runtime.experts import expert_ffn
 from expertcache.runtime.kv import empty_cache
 from expertcache.runtime.split import least_gpu_share
-from expertcache.simulator.costs import Profile
+from expertcache.simulator.costs import ONEDNN, Profile, nearest_thread_count
 from expertcache.simulator.decision_time import measure_decision_ms
 from expertcache.simulator.placements import AllOnCpu
 from expertcache.simulator.schedule import CPU_ONLY, GPU_ONLY
@@ -176,43 +178,48 @@ def calibrate(
     h2d_gbps = layout.nbytes / copy_s / 1e9
 
     cpu_ms: dict[int, dict[int, float]] = {}
+    one_row_kernel: dict[int, str] = {}
     for count in threads or thread_counts():
         say(f"CPU expert, {count} threads")
-        cpu_ms[count] = _cpu_expert_table(cpu_expert, hidden, layout.dtype, count, TOKEN_COUNTS, repeats, WARM_UP_S, CPU_WINDOW_S)
+        cpu_ms[count], one_row_kernel[count] = _cpu_expert_table(
+            cpu_expert, hidden, layout.dtype, count, TOKEN_COUNTS, repeats, WARM_UP_S, CPU_WINDOW_S
+        )
+    # the rest is measured on the one-row kernel the runtime will use at its thread count
+    kernel = one_row_kernel[nearest_thread_count(one_row_kernel, runtime.threads)]
+    with _one_row_kernel(runtime, kernel):
+        cpu_slowdown = copy_slowdown = 1.0
+        if on_cuda:
+            say("CPU experts and copies sharing memory")
+            cpu_slowdown, copy_slowdown = _contention(slot, rows, lambda: _on_kernel(kernel, cpu_expert)(torch.randn(1, hidden, dtype=layout.dtype)), repeats)
 
-    cpu_slowdown = copy_slowdown = 1.0
-    if on_cuda:
-        say("CPU experts and copies sharing memory")
-        cpu_slowdown, copy_slowdown = _contention(slot, rows, lambda: cpu_expert(torch.randn(1, hidden, dtype=layout.dtype)), repeats)
+        say("GPU expert")
+        device_weights = layout.views(slot)
+        slot.copy_(next(rows))
+        gpu_ms = {}
+        for tokens in GPU_TOKEN_COUNTS:
+            x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
+            run = lambda: expert_ffn(module, x, device_weights)  # noqa: E731
+            gpu_ms[tokens] = _gpu_ms(run, max(repeats, LAUNCH_SAMPLES)) if on_cuda else 1e3 * _time_s(run, repeats, False)
+        launch_ms = 0.0
+        scratch = runtime.scratch_slot
+        if scratch is not None:  # a staging slot: the cache's own slots keep their experts
+            # a decode step's one row, where the layer's GPU experts read it (replayed from a graph, on a GPU)
+            x = runtime.gpu_input(torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device))
+            runtime.pool.fill(scratch, next(rows))
+            launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x, scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
+        split_launch_ms = None
+        least_share = least_gpu_share(module, layout)
+        if scratch is not None and least_share > 0:
+            say("host time of a split expert")
+            split_launch_ms = _split_launch_ms(runtime, module, x, scratch, repeats)  # x: the decode step's row, as above
 
-    say("GPU expert")
-    device_weights = layout.views(slot)
-    slot.copy_(next(rows))
-    gpu_ms = {}
-    for tokens in GPU_TOKEN_COUNTS:
-        x = torch.randn(tokens, hidden, dtype=layout.dtype, device=runtime.device)
-        run = lambda: expert_ffn(module, x, device_weights)  # noqa: E731
-        gpu_ms[tokens] = _gpu_ms(run, max(repeats, LAUNCH_SAMPLES)) if on_cuda else 1e3 * _time_s(run, repeats, False)
-    launch_ms = 0.0
-    scratch = runtime.scratch_slot
-    if scratch is not None:  # a staging slot: the cache's own slots keep their experts
-        # a decode step's one row, where the layer's GPU experts read it (replayed from a graph, on a GPU)
-        x = runtime.gpu_input(torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device))
-        runtime.pool.fill(scratch, next(rows))
-        launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x, scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
-    split_launch_ms = None
-    least_share = least_gpu_share(module, layout)
-    if scratch is not None and least_share > 0:
-        say("host time of a split expert")
-        split_launch_ms = _split_launch_ms(runtime, module, x, scratch, repeats)  # x: the decode step's row, as above
-
-    say("layers outside expert compute")
-    dense_ms, cpu_overhead_ms, dense_overlap_ms = _time_outside_experts(model, runtime, launch_ms, 1e3 * copy_s)
-    say("generation loop between passes")
-    step_overhead_ms = _step_overhead_ms(model, runtime)
-    decision_slots = slots or runtime.config.slots
-    say(f"the cache core's decisions, {decision_slots} slots")
-    decision_ms = measure_decision_ms(decision_slots, runtime.stats.num_layers, runtime.num_experts, runtime.moe_layers, runtime.top_k)
+        say("layers outside expert compute")
+        dense_ms, cpu_overhead_ms, dense_overlap_ms = _time_outside_experts(model, runtime, launch_ms, 1e3 * copy_s)
+        say("generation loop between passes")
+        step_overhead_ms = _step_overhead_ms(model, runtime)
+        decision_slots = slots or runtime.config.slots
+        say(f"the cache core's decisions, {decision_slots} slots")
+        decision_ms = measure_decision_ms(decision_slots, runtime.stats.num_layers, runtime.num_experts, runtime.moe_layers, runtime.top_k)
     return Profile(
         name=name,
         expert_bytes=layout.nbytes,
@@ -231,6 +238,7 @@ def calibrate(
         step_overhead_ms=step_overhead_ms,
         decision_ms=decision_ms,
         decision_slots=decision_slots,
+        one_row_kernel=one_row_kernel,
         notes=f"measured by expertcache calibrate on {torch.cuda.get_device_name() if on_cuda else 'the CPU device'}, "
         f"{os.cpu_count()} cores, in {time.perf_counter() - started:.0f} s; dense_ms holds all time per layer outside expert work (dispatch included), "
         f"decoding {'from CUDA graphs' if runtime.graphs is not None else 'eagerly'}",
@@ -263,18 +271,42 @@ def cpu_expert_ms(
     model, threads: int, token_counts: tuple[int, ...] = (1,), repeats: int = 5, warm_up_s: float = WARM_UP_S, window_s: float = CPU_WINDOW_S
 ) -> dict[int, float]:
     """Mean milliseconds of one CPU expert by token count, with ``threads`` threads, cycling
-    through every expert as decode does: the measurement behind the profile's CPU table, on its own
-    so that a long run can repeat it and see how far the machine's CPU speed has drifted (on the lent
-    H100 host the same 8-thread measurement read 11.5 ms, then 7.0 ms within the same minute)."""
+    through every expert as decode does, one row on the runtime's kernel: the measurement behind
+    the profile's CPU table, on its own so that a long run can repeat it and see how far the
+    machine's CPU speed has drifted (on the lent H100 host the same 8-thread measurement read 11.5
+    ms, then 7.0 ms within the same minute)."""
     runtime = model.expertcache
     cpu_expert = _cpu_expert_runner(runtime, _every_expert(runtime))
     hidden = model.config.get_text_config().hidden_size
-    return _cpu_expert_table(cpu_expert, hidden, runtime.layout.dtype, threads, token_counts, repeats, warm_up_s, window_s)
+    table, _ = _cpu_expert_table(
+        cpu_expert, hidden, runtime.layout.dtype, threads, token_counts, repeats, warm_up_s, window_s, runtime.one_row_kernel
+    )
+    return table
 
 
 def _cpu_expert_runner(runtime, rows: Iterator[torch.Tensor]) -> Callable[[torch.Tensor], None]:
     module = runtime.layers[runtime.moe_layers[0]]
     return lambda x: expert_ffn(module, x, runtime.layout.views(next(rows)))
+
+
+def _on_kernel(kernel: str, cpu_expert: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+    """``cpu_expert`` with its one-row products on ``kernel`` (``runtime.cpu_kernel``)."""
+
+    def run(x: torch.Tensor) -> None:
+        with cpu_products(kernel, x.shape[0]):
+            cpu_expert(x)
+
+    return run
+
+
+@contextmanager
+def _one_row_kernel(runtime, kernel: str) -> Iterator[None]:
+    """The runtime's one-row CPU experts on ``kernel`` for a while."""
+    saved, runtime.one_row_kernel = runtime.one_row_kernel, kernel
+    try:
+        yield
+    finally:
+        runtime.one_row_kernel = saved
 
 
 def _cpu_expert_table(
@@ -286,17 +318,27 @@ def _cpu_expert_table(
     repeats: int,
     warm_up_s: float,
     window_s: float,
-) -> dict[int, float]:
+    one_row_kernel: str | None = None,
+) -> tuple[dict[int, float], str]:
+    """CPU expert milliseconds by token count, and the kernel of the one-row point: ``one_row_kernel``,
+    or when None the faster of the two (each sampled over the window, taking turns)."""
     saved_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         _keep_running(lambda: cpu_expert(torch.randn(1, hidden, dtype=dtype)), warm_up_s)
         table = {}
+        kernel = one_row_kernel or ONEDNN
         for tokens in token_counts:
             x = torch.randn(tokens, hidden, dtype=dtype)
             window = window_s if tokens == 1 else 0.0  # prefill's points matter less than the seconds they would take
-            table[tokens] = 1e3 * _time_s(lambda: cpu_expert(x), max(repeats, CPU_SAMPLES), False, statistics.fmean, window)
-        return table
+            samples = max(repeats, CPU_SAMPLES)
+            if tokens == 1 and one_row_kernel is None:
+                kernel, seconds = faster_one_row_kernel(lambda: cpu_expert(x), samples, 2 * window)
+            else:
+                on_kernel = _on_kernel(kernel, cpu_expert)
+                seconds = _time_s(lambda: on_kernel(x), samples, False, statistics.fmean, window)
+            table[tokens] = 1e3 * seconds
+        return table, kernel
     finally:
         torch.set_num_threads(saved_threads)
 

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterface
 
+from expertcache.runtime.cpu_kernel import cpu_products
 from expertcache.runtime.cpu_pace import SPLIT_RELAX, CpuPace
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.graphs import DecodeGraphs
@@ -149,6 +150,8 @@ class CachedExperts:
         self._gpu_s = profile.gpu_table_s(layout.nbytes, PRICED_TOKENS)
         self._dense_s = profile.dense_table_s(PRICED_TOKENS)
         self._rates = rates_of(profile, layout.nbytes)
+        # the kernel of one-row CPU experts (runtime.cpu_kernel): the one the profile priced them on
+        self.one_row_kernel = profile.one_row_kernel_at(threads)
         if self._rates[5] > 0:  # the profile allows splits: at this model's least GPU share, or none
             self._rates[5] = least_gpu_share(layers[0][1], layout)
         # one-row experts replayed per slot (runtime.slot_graphs), with a split's halves where this
@@ -603,7 +606,8 @@ class CachedExperts:
         started = time.perf_counter()
         weights = self.layout.views(self.host[record.layer][job.expert])
         x = rows.on_cpu(job)
-        out = expert_ffn(module, x, weights) if cut is None else units_out(module, x, weights, cut.units, cut.intermediate)
+        with cpu_products(self.one_row_kernel, x.shape[0]):
+            out = expert_ffn(module, x, weights) if cut is None else units_out(module, x, weights, cut.units, cut.intermediate)
         seconds = time.perf_counter() - started
         record.cpu_s += seconds
         return out, seconds

@@ -8,6 +8,7 @@ one-token expert FFN reads its weights once and is bound by memory bandwidth.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, replace
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,13 @@ BUILTIN_PROFILES = {
     "h100": "the lent H100 80 GB machine: PCIe 5.0, 16-core Xeon with AMX (medians of its calibrations, Mixtral shape)",
     "desktop-4090": "the seed paper's desktop: RTX 4090 on PCIe 4.0, 24 CPU cores",
 }
+
+
+ONEDNN = "onednn"
+"""One-row CPU experts on torch's own choice of kernel: oneDNN where the CPU supports the dtype."""
+TORCH = "torch"
+"""One-row CPU experts on torch's native kernel, oneDNN switched off around them (``runtime.cpu_kernel``)."""
+ONE_ROW_KERNELS = (ONEDNN, TORCH)
 
 
 @dataclass
@@ -57,6 +65,9 @@ class Profile:
     # (profiles calibrated before they were measured, and the built-in ones)
     decision_ms: dict[str, list[float]] = field(default_factory=dict)
     decision_slots: int = 0
+    # threads → the kernel a one-row CPU expert ran on when its time was measured, the faster of
+    # ONE_ROW_KERNELS there (runtime.cpu_kernel); a thread count not in it: ONEDNN, torch's choice
+    one_row_kernel: dict[int, str] = field(default_factory=dict)
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -64,6 +75,9 @@ class Profile:
         self.gpu_expert_ms = {int(n): float(ms) for n, ms in self.gpu_expert_ms.items()}
         self.dense_ms = {int(n): float(ms) for n, ms in self.dense_ms.items()}
         self.decision_ms = {str(policy): [float(ms) for ms in pair] for policy, pair in self.decision_ms.items()}
+        self.one_row_kernel = {int(t): str(kernel) for t, kernel in self.one_row_kernel.items()}
+        if not set(self.one_row_kernel.values()) <= set(ONE_ROW_KERNELS):
+            raise ConfigError(f"profile '{self.name}': one_row_kernel names one of {', '.join(ONE_ROW_KERNELS)} per thread count")
         if any(len(pair) != 2 for pair in self.decision_ms.values()):
             raise ConfigError(f"profile '{self.name}': decision_ms holds [fully associative, direct-mapped] per policy")
         if self.h2d_gbps <= 0 or self.expert_bytes <= 0:
@@ -77,7 +91,11 @@ class Profile:
 
     def nearest_thread_count(self, threads: int) -> int:
         """The measured thread count that prices CPU experts run with ``threads`` (the larger on a tie)."""
-        return min(self.thread_counts, key=lambda count: (abs(count - threads), -count))
+        return nearest_thread_count(self.thread_counts, threads)
+
+    def one_row_kernel_at(self, threads: int) -> str:
+        """The kernel a one-row CPU expert runs on with ``threads`` threads: the one its price was measured on."""
+        return self.one_row_kernel.get(self.nearest_thread_count(threads), ONEDNN)
 
     def copy_s(self, expert_bytes: int) -> float:
         """Seconds to copy one expert host→device over the pinned path."""
@@ -126,6 +144,11 @@ class Profile:
             return cls(**data)
         except TypeError as exc:
             raise ConfigError(f"{path}: not a profile ({exc})") from None
+
+
+def nearest_thread_count(counts: Iterable[int], threads: int) -> int:
+    """Of measured thread ``counts``, the one nearest ``threads`` (the larger on a tie)."""
+    return min(counts, key=lambda count: (abs(count - threads), -count))
 
 
 def _table(points: dict[int, float], max_tokens: int) -> np.ndarray:

@@ -20,6 +20,8 @@ def test_calibrate_writes_a_profile_the_simulator_uses(model_dirs, tmp_path):
     assert result.returncode == 0, result.stderr
     profile = Profile.from_json(out)
     assert profile.thread_counts == [1, 2]
+    assert set(profile.one_row_kernel) == {1, 2} and set(profile.one_row_kernel.values()) <= {"onednn", "torch"}
+    assert f"1 threads {profile.cpu_expert_ms[1][1]:.2f} ms ({profile.one_row_kernel[1]})" in result.stdout
     assert all(ms > 0 for row in profile.cpu_expert_ms.values() for ms in row.values())
     assert set(profile.gpu_expert_ms) == {1, 8, 64, 512} and min(profile.gpu_expert_ms.values()) > 0
     assert profile.dense_ms[1] > 0 and profile.h2d_gbps > 0
@@ -52,6 +54,8 @@ def test_a_model_whose_experts_cannot_be_split_gets_no_split_price(model_dirs):
     model = load(model_dirs("gpt_oss"), config=CacheConfig(sets=1, ways=4, policy="lru"), device="cpu")  # stored transposed
     profile = calibrate(model, threads=[1], repeats=1)
     assert profile.split_min_gpu_share == 0.0 and profile.split_launch_ms is None
+    # calibration measured the rest on the faster one-row kernel, then gave the runtime its own back
+    assert profile.one_row_kernel[1] in ("onednn", "torch") and model.expertcache.one_row_kernel == "onednn"
 
 
 def test_calibrate_needs_exactly_one_model():

@@ -16,7 +16,7 @@ from expertcache.runtime.loader import load
 from expertcache.runtime.offload import STAGING_SLOTS
 from expertcache.runtime.record import Recorder, sibling
 from expertcache.simulator.config import CacheConfig
-from expertcache.simulator.costs import Profile, load_profile
+from expertcache.simulator.costs import TORCH, Profile, load_profile
 from expertcache.simulator.policies import get_policy
 
 DEVICE = os.environ.get("EXPERTCACHE_TEST_DEVICE", "cpu")
@@ -92,6 +92,15 @@ def test_greedy_tokens_equal_plain_transformers(model_dirs, family, policy):
         assert torch.equal(out, expected), f"{family} {policy} {sets}x{ways}"
         assert runtime.stats.misses > 0 and runtime.stats.copies > 0
         assert runtime.stats.fetched > 0 and runtime.stats.layer_cpu_s.sum() > 0  # both paths ran
+
+
+def test_one_row_cpu_experts_on_torchs_own_kernel_keep_the_output(model_dirs):
+    # the kernel a calibrated profile found faster for one row (runtime.cpu_kernel)
+    model_dir = model_dirs("phimoe")
+    profile = replace(SPLIT, one_row_kernel={1: TORCH, 2: TORCH})
+    out, runtime = cached_generate(model_dir, CacheConfig(sets=3, ways=2, policy="eta"), profile=profile)
+    assert torch.equal(out, reference(model_dir)[1])
+    assert runtime.one_row_kernel == TORCH and runtime.stats.cpu_experts > 0 and runtime.stats.split > 0
 
 
 @pytest.mark.parametrize("policy", ["eta", "markov", "score"])
