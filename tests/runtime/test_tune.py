@@ -21,9 +21,11 @@ def test_tune_writes_a_trace_a_profile_and_a_configuration_that_runs(model_dirs,
     config = CacheConfig.from_json(out / "best-config.json")
     assert config.slots <= 24 and config.threads in (1, 2) and not get_policy(config.policy).offline_only
     assert f"{config.sets} sets x {config.ways} ways" in result.stdout
+    # as tune says to run it: the configuration, with the misses placed at the calibrated costs
+    assert f"--config {out / 'best-config.json'} --profile {out / 'profile.json'}" in result.stdout
 
-    ran = run_cli("run", "--model", model_dir, "--config", str(out / "best-config.json"), "--prompt", "x",
-                  "--max-tokens", "3", "--device", "cpu", "--hide-response")  # fmt: skip
+    ran = run_cli("run", "--model", model_dir, "--config", str(out / "best-config.json"), "--profile", str(out / "profile.json"),
+                  "--prompt", "x", "--max-tokens", "3", "--device", "cpu", "--hide-response")  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert f"{config.sets} sets x {config.ways} ways, {config.policy}" in ran.stdout
 
