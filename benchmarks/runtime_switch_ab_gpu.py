@@ -12,7 +12,10 @@ shape with routing forced from a trace and the built-in h100 profile (``eta_roun
 - ``slot-graphs``: one-row GPU experts replayed from each slot's CUDA graph, or run eagerly
   (``CachedExperts.slot_graphs``, ``runtime.slot_graphs``);
 - ``split-graphs``: a decode step's split expert replayed from its slot's two split graphs, or run
-  eagerly while whole experts still replay theirs (``SlotGraphs.splits``).
+  eagerly while whole experts still replay theirs (``SlotGraphs.splits``);
+- ``torch-kernel``: one-row CPU experts and split shares on torch's own kernel, or on oneDNN
+  (``CachedExperts.one_row_kernel``, ``runtime.cpu_kernel``); the CPU pace sees the difference and
+  places the misses by it.
 
 ``--device cpu --layers 1 --new-tokens 3 --rounds 1 --threads 2`` runs it without a GPU, as a smoke
 test (where the slot graphs do not exist, both settings run eagerly).
@@ -33,6 +36,7 @@ from eta_rounds import add_round_options, eta_cache, keep_row, run_round  # noqa
 from expertcache.runtime.offload import CachedExperts  # noqa: E402
 from expertcache.runtime.stats import LayerTimes  # noqa: E402
 from expertcache.runtime.synthetic import build_full_size  # noqa: E402
+from expertcache.simulator.costs import ONEDNN, TORCH  # noqa: E402
 from expertcache.traces.io import read_trace  # noqa: E402
 
 
@@ -50,8 +54,12 @@ def _split_graphs(runtime: CachedExperts, on: bool) -> None:
         runtime.slot_graphs.activations = None  # SlotGraphs.splits: False
 
 
+def _torch_kernel(runtime: CachedExperts, on: bool) -> None:
+    runtime.one_row_kernel = TORCH if on else ONEDNN
+
+
 SWITCHES: dict[str, Callable[[CachedExperts, bool], None]] = {
-    "copies-first": _copies_first, "slot-graphs": _slot_graphs, "split-graphs": _split_graphs,
+    "copies-first": _copies_first, "slot-graphs": _slot_graphs, "split-graphs": _split_graphs, "torch-kernel": _torch_kernel,
 }  # fmt: skip
 """Each switch, set on a freshly attached runtime."""
 

@@ -5,7 +5,7 @@ row (a matrix-vector product, every decode step's CPU expert) torch's own kernel
 dot product per output accumulating in fp32, can be much faster. Cycling through a layer's
 experts as decode does, with 15 threads on one lent H100 host's Xeon (AMX), it took 2.89 against
 3.98 ms for a Phi-3.5-MoE expert and 5.17 against 7.70 for a Mixtral one; with two threads on the
-development machine's EPYC, 4.67 against 10.97 (``benchmarks/one_row_kernels.py``). But with
+development machine's EPYC, 5.0 against 10.8 (``benchmarks/one_row_kernels.py``). But with
 one thread oneDNN was faster on the Xeon (16.1 against 24.3 ms), another lent host's calibration
 kept oneDNN at 15 threads, and with two rows or more oneDNN won everywhere. So ``calibrate`` times
 both for one row (``faster_one_row_kernel``), the profile says which to use per thread count
