@@ -17,7 +17,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
 
@@ -35,7 +35,7 @@ def _without_onednn() -> Iterator[None]:
         torch.backends.mkldnn.enabled = saved
 
 
-def cpu_products(kernel: str, rows: int):
+def cpu_products(kernel: str, rows: int) -> AbstractContextManager[None]:
     """The context in which ``rows`` rows are multiplied on the CPU: ``kernel`` for one row, torch's
     choice for more."""
     return _without_onednn() if kernel == TORCH and rows == 1 else nullcontext()
