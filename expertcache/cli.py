@@ -323,7 +323,8 @@ def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, 
     config = runtime.config
     graphs = runtime.graphs
     decode = f"{graphs.captures} layer graphs captured in {graphs.capture_s:.2f} s" if graphs and graphs.captures else "eager"
-    click.echo(f"\ncache    {config.sets} sets x {config.ways} ways, {config.policy}, {runtime.threads} CPU threads, device {runtime.device}, decode {decode}")
+    click.echo(f"\ncache    {config.sets} sets x {config.ways} ways, {config.policy}, {runtime.threads} CPU threads "
+               f"(one-row experts on {runtime.one_row_kernel}), device {runtime.device}, decode {decode}")  # fmt: skip
     click.echo(f"decode   {stats.decode_tokens_per_s:.2f} tokens/s ({stats.decode_tokens} tokens); prefill {stats.prefill_tokens} tokens in {stats.prefill_s:.2f} s")
     click.echo(f"experts  hit rate {stats.hit_rate:.1%} ({stats.hits:,} hits, {stats.misses:,} misses, {stats.copies:,} copies, {stats.bypassed:,} not cached)")
     click.echo(f"misses   {stats.fetched:,} experts computed on the GPU after a copy ({stats.staged:,} through staging slots), "

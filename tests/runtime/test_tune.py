@@ -28,6 +28,8 @@ def test_tune_writes_a_trace_a_profile_and_a_configuration_that_runs(model_dirs,
                   "--prompt", "x", "--max-tokens", "3", "--device", "cpu", "--hide-response")  # fmt: skip
     assert ran.returncode == 0, ran.stderr
     assert f"{config.sets} sets x {config.ways} ways, {config.policy}" in ran.stdout
+    kernel = Profile.from_json(out / "profile.json").one_row_kernel_at(config.threads)  # the calibrated one, not torch's default
+    assert f"{config.threads} CPU threads (one-row experts on {kernel})" in ran.stdout
 
 
 def test_tune_without_a_prompt_says_so_in_one_line(model_dirs, tmp_path):
