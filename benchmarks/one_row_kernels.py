@@ -15,7 +15,6 @@ import argparse
 import itertools
 import json
 import os
-import statistics
 import time
 
 from expertcache.runtime.cpu_threads import keep_cpu_threads_spinning
@@ -24,7 +23,7 @@ keep_cpu_threads_spinning()
 
 import torch  # noqa: E402
 
-from expertcache.runtime.cpu_kernel import cpu_products  # noqa: E402
+from expertcache.runtime.cpu_kernel import cpu_products, one_row_kernel_means  # noqa: E402
 from expertcache.runtime.experts import ExpertLayout, expert_ffn, find_experts_modules  # noqa: E402
 from expertcache.runtime.synthetic import build_full_size  # noqa: E402
 from expertcache.simulator.costs import ONE_ROW_KERNELS  # noqa: E402
@@ -34,21 +33,15 @@ WARM_UP_S = 1.0
 
 
 def kernel_means_ms(run, rows) -> dict[str, float]:
-    """Mean ms of ``run(row)`` per kernel, the kernels taking turns on successive rows of ``rows``."""
+    """Mean ms of ``run(row)`` per kernel, the kernels taking turns on successive rows of ``rows``
+    (``cpu_kernel.one_row_kernel_means``, as calibration times them), after a warm-up on both."""
     until = time.perf_counter() + WARM_UP_S
     while time.perf_counter() < until:
         for kernel in ONE_ROW_KERNELS:
             with cpu_products(kernel, 1):
                 run(next(rows))
-    times: dict[str, list[float]] = {kernel: [] for kernel in ONE_ROW_KERNELS}
-    for turn in range(SAMPLES):
-        for kernel in ONE_ROW_KERNELS if turn % 2 == 0 else reversed(ONE_ROW_KERNELS):
-            with cpu_products(kernel, 1):
-                row = next(rows)
-                started = time.perf_counter()
-                run(row)
-                times[kernel].append(time.perf_counter() - started)
-    return {kernel: 1e3 * statistics.fmean(t) for kernel, t in times.items()}
+    means = one_row_kernel_means(lambda: run(next(rows)), SAMPLES, 0.0)
+    return {kernel: 1e3 * seconds for kernel, seconds in means.items()}
 
 
 def main() -> None:

@@ -42,9 +42,16 @@ def cpu_products(kernel: str, rows: int) -> AbstractContextManager[None]:
 
 
 def faster_one_row_kernel(run: Callable[[], None], samples: int, seconds: float) -> tuple[str, float]:
-    """The faster kernel for ``run`` (a one-row CPU expert) and its mean seconds: the two take turns,
-    at least ``samples`` runs each and ``seconds`` in all, so that both meet the same state of a host
-    whose CPU speed drifts from one second to the next."""
+    """The faster kernel for ``run`` (a one-row CPU expert) and its mean seconds (``one_row_kernel_means``)."""
+    means = one_row_kernel_means(run, samples, seconds)
+    best = min(ONE_ROW_KERNELS, key=means.__getitem__)
+    return best, means[best]
+
+
+def one_row_kernel_means(run: Callable[[], None], samples: int, seconds: float) -> dict[str, float]:
+    """Mean seconds of ``run`` (a one-row CPU expert) on each kernel: the two take turns, at least
+    ``samples`` runs each and ``seconds`` in all, so that both meet the same state of a host whose
+    CPU speed drifts from one second to the next."""
     times: dict[str, list[float]] = {kernel: [] for kernel in ONE_ROW_KERNELS}
     for kernel in ONE_ROW_KERNELS:  # each kernel's first product of a shape costs extra
         with cpu_products(kernel, 1):
@@ -58,6 +65,4 @@ def faster_one_row_kernel(run: Callable[[], None], samples: int, seconds: float)
                 run()
                 times[kernel].append(time.perf_counter() - started)
         turn += 1
-    means = {kernel: statistics.fmean(t) for kernel, t in times.items()}
-    best = min(ONE_ROW_KERNELS, key=means.__getitem__)
-    return best, means[best]
+    return {kernel: statistics.fmean(t) for kernel, t in times.items()}
