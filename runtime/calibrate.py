@@ -190,7 +190,8 @@ def calibrate(
         cpu_slowdown = copy_slowdown = 1.0
         if on_cuda:
             say("CPU experts and copies sharing memory")
-            cpu_slowdown, copy_slowdown = _contention(slot, rows, lambda: _on_kernel(kernel, cpu_expert)(torch.randn(1, hidden, dtype=layout.dtype)), repeats)
+            one_row = _on_kernel(kernel, cpu_expert)
+            cpu_slowdown, copy_slowdown = _contention(slot, rows, lambda: one_row(torch.randn(1, hidden, dtype=layout.dtype)), repeats)
 
         say("GPU expert")
         device_weights = layout.views(slot)
