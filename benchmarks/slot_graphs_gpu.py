@@ -30,16 +30,17 @@ def _queue_ms(runtime, module, x: torch.Tensor, slot: int, repeats: int) -> tupl
     """Host and GPU milliseconds per queued expert: the host's time to queue ``repeats`` of them,
     then the GPU's to run ``repeats`` queued behind a wait long enough for the host to queue them all."""
     torch.cuda.synchronize()
+    stream = torch.cuda.current_stream()
     started = time.perf_counter()
     for _ in range(repeats):
-        runtime.queue_gpu_expert(module, x, slot)
+        runtime.queue_gpu_expert(module, x, slot, stream)
     host = time.perf_counter() - started
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     torch.cuda._sleep(SLEEP_CYCLES)
     start.record()
     for _ in range(repeats):
-        runtime.queue_gpu_expert(module, x, slot)
+        runtime.queue_gpu_expert(module, x, slot, stream)
     end.record()
     torch.cuda.synchronize()
     return 1e3 * host / repeats, start.elapsed_time(end) / repeats
@@ -60,9 +61,10 @@ def main() -> None:
     module, graphs, slot = runtime.layers[layer], runtime.slot_graphs, runtime.scratch_slot
     runtime.pool.fill(slot, host[layer][0])
     x = runtime.gpu_input(torch.randn(1, model.config.hidden_size, dtype=runtime.layout.dtype, device="cuda"))
-    replayed = runtime.queue_gpu_expert(module, x, slot).clone()
+    stream = torch.cuda.current_stream()
+    replayed = runtime.queue_gpu_expert(module, x, slot, stream).clone()
     runtime.slot_graphs = None
-    eager = runtime.queue_gpu_expert(module, x, slot)
+    eager = runtime.queue_gpu_expert(module, x, slot, stream)
     samples: dict[str, list[tuple[float, float]]] = {"eager": [], "replayed": []}
     for _ in range(args.rounds + 1):  # the first round warms up
         for way in samples:

@@ -22,6 +22,7 @@ import torch
 from expertcache.runtime.cpu_kernel import cpu_products, faster_one_row_kernel
 from expertcache.runtime.experts import expert_ffn
 from expertcache.runtime.kv import empty_cache
+from expertcache.runtime.slots import compute_stream
 from expertcache.runtime.split import least_gpu_share
 from expertcache.simulator.costs import ONEDNN, Profile, nearest_thread_count
 from expertcache.simulator.decision_time import measure_decision_ms
@@ -207,7 +208,8 @@ def calibrate(
             # a decode step's one row, where the layer's GPU experts read it (replayed from a graph, on a GPU)
             x = runtime.gpu_input(torch.randn(1, hidden, dtype=layout.dtype, device=runtime.device))
             runtime.pool.fill(scratch, next(rows))
-            launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x, scratch), max(repeats, LAUNCH_SAMPLES), False)  # host time only
+            stream = compute_stream(runtime.device)  # a layer looks it up once for all its experts
+            launch_ms = 1e3 * _time_s(lambda: runtime.queue_gpu_expert(module, x, scratch, stream), max(repeats, LAUNCH_SAMPLES), False)  # host time only
         split_launch_ms = None
         least_share = least_gpu_share(module, layout)
         if scratch is not None and least_share > 0:

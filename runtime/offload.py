@@ -29,16 +29,17 @@ from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS, ExpertsInterfac
 
 from expertcache.runtime.cpu_kernel import cpu_products
 from expertcache.runtime.cpu_pace import SPLIT_RELAX, CpuPace
+from expertcache.runtime.decode_reads import DecodeReads
 from expertcache.runtime.experts import ExpertLayout, expert_ffn
 from expertcache.runtime.graphs import DecodeGraphs
 from expertcache.runtime.slot_graphs import SlotGraphs
-from expertcache.runtime.slots import SlotPool
+from expertcache.runtime.slots import SlotPool, Stream, compute_stream
 from expertcache.runtime.split import Cut, least_gpu_share, units_out
 from expertcache.runtime.stats import RuntimeStats
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile
 from expertcache.simulator.placements import MISS_PATHS, StaticPlacement, placement_decider
-from expertcache.simulator.schedule import CPU_ONLY, rates_of, split_misses
+from expertcache.simulator.schedule import CPU_ONLY, GPU_ONLY, rates_of, split_misses
 
 IMPLEMENTATION = "expertcache"
 PRICED_TOKENS = 4096
@@ -176,6 +177,7 @@ class CachedExperts:
         self.recorder = None  # a runtime.record.Recorder while recording
         self.routing: Routing | None = None  # trace-forced routing, when set
         self.graphs = graphs  # the model's decode graphs (runtime.graphs); None: decode eagerly
+        self._decode_reads = DecodeReads(device)
         for layer, module in layers:  # weakly: ``del model.expertcache`` frees the slot pool, before any next attach
             module._expertcache = (weakref.ref(self), layer)
 
@@ -268,7 +270,8 @@ class CachedExperts:
         tokens, top_k = top_k_index.shape
         if layer == self.moe_layers[0]:
             self._begin_pass(tokens)
-        index, weights = self._routing_of(layer, tokens, top_k_index, top_k_weights)
+        stream = compute_stream(self.device)
+        index, weights, hidden_cpu = self._routing_of(layer, tokens, top_k_index, top_k_weights, hidden, stream)
         routed_at = time.perf_counter()
         if self._layers:  # the previous MoE layer of this pass ends where this one's routing is known
             previous = self._layers[-1]
@@ -294,9 +297,10 @@ class CachedExperts:
         cuts = [Cut.of(self.layout, job.gpu_share) for job in plan.split]
         started = self._start_copies(record, plan, cuts)
         # then the CPU's input, before any GPU work is queued ahead of it: the CPU starts at once
-        hidden_cpu = hidden.detach().to("cpu") if plan.on_cpu or plan.split else None
+        if hidden_cpu is None and (plan.on_cpu or plan.split):
+            hidden_cpu = hidden.detach().to("cpu")
         hidden_gpu = self.gpu_input(hidden) if plan.resident or plan.fetched or plan.split else hidden
-        rows = LayerRows.of(hidden_gpu, hidden_cpu, plan.rows % tokens)
+        rows = LayerRows.of(hidden_gpu, hidden_cpu, plan.rows % tokens, stream)
         outputs = self._run_jobs(module, record, rows, plan, cuts, started)
         staged = sum(1 for job in plan.fetched if job.slot >= self.config.slots)
         self.stats.copies += len(plan.fetched) - staged + len(plan.background)
@@ -331,22 +335,39 @@ class CachedExperts:
             zeros = self._zero_rows[count] = torch.zeros(count, dtype=torch.long, device=self.device)
         return zeros
 
-    def _routing_of(self, layer: int, tokens: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def _routing_of(
+        self, layer: int, tokens: int, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, hidden: torch.Tensor, stream: Stream
+    ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
         """The layer's experts and the router weights its output applies, on the host (the weights
-        as float32, which holds the router's bf16 or fp16 values exactly).
+        as float32, which holds the router's bf16 or fp16 values exactly); and, for a decode step
+        whose misses may run on the CPU, its hidden row there too, read in the same wait
+        (``runtime.decode_reads``; a row is 8-14 KB, so a layer whose misses then all go to the GPU
+        loses little).
 
         Forced routing still waits for the router's own choice and throws it away: that wait is
         what every real layer pays, and without it the host would queue layers without CPU work
         ahead of the GPU, a speed no real run has (on-demand fetching, which never computes on
         the CPU, would never wait at all)."""
         # the one wait for the GPU in a layer: the routing must be known here
-        index, weights = top_k_index.cpu().numpy(), top_k_weights.detach().float().cpu().numpy()
+        if tokens == 1:
+            wanted = hidden if self._may_compute_on_cpu(layer) else None
+            index_read, weights_read, hidden_cpu = self._decode_reads.read([top_k_index, top_k_weights, wanted], stream)
+            # copies: the buffers are read into again by the next layer, and records keep these
+            index, weights = index_read.numpy().copy(), weights_read.to(torch.float32, copy=True).numpy()
+        else:
+            index, weights, hidden_cpu = top_k_index.cpu().numpy(), top_k_weights.detach().float().cpu().numpy(), None
         if self.routing is None:
-            return index, weights
+            return index, weights, hidden_cpu
         forced_index, forced_weights = self.routing(layer, self.step, tokens)
         # rounded to the router's dtype, as a real router's weights are
         applied = torch.from_numpy(np.ascontiguousarray(forced_weights, dtype=np.float32)).to(top_k_weights.dtype).view(tokens, -1)
-        return np.asarray(forced_index, dtype=np.int64).reshape(tokens, -1), applied.float().numpy()
+        return np.asarray(forced_index, dtype=np.int64).reshape(tokens, -1), applied.float().numpy(), hidden_cpu
+
+    def _may_compute_on_cpu(self, layer: int) -> bool:
+        """Whether a miss of ``layer`` may run on the CPU: not under on-demand fetching, nor in a
+        layer whose experts a static placement holds on the GPU."""
+        first_slot = getattr(self.cache, "first_slot", None)  # a StaticPlacement's
+        return self._miss_path != GPU_ONLY and (first_slot is None or first_slot[layer] < 0)
 
     def _plan(self, index: np.ndarray, hit: np.ndarray, slot: np.ndarray) -> "LayerPlan":
         """Which experts run from their slots, which are copied and run on the GPU, which run on
@@ -412,7 +433,7 @@ class CachedExperts:
         (its index in ``copied``), is started just before its kernels, so a staging slot is
         refilled only after the kernels reading it are queued."""
         if jobs:
-            self._timed_on_gpu(record, lambda: self._queue_jobs(module, record, rows, jobs, outputs, copy_first, copied))
+            self._timed_on_gpu(record, rows.stream, lambda: self._queue_jobs(module, record, rows, jobs, outputs, copy_first, copied))
 
     def _queue_jobs(self, module, record: LayerPass, rows: "LayerRows", jobs: list["ExpertJob"], outputs, copy_first: bool, copied: set[int]) -> None:
         for i, job in enumerate(jobs):
@@ -420,19 +441,22 @@ class CachedExperts:
                 self.pool.fill(job.slot, self.host[record.layer][job.expert])
             replay = job.slot not in rows.replayed  # a slot's graph output is read once per layer
             rows.replayed.add(job.slot)
-            outputs[job.expert] = self.queue_gpu_expert(module, rows.on_gpu(job), job.slot, record.wait_events, replay)
+            outputs[job.expert] = self.queue_gpu_expert(module, rows.on_gpu(job), job.slot, rows.stream, record.wait_events, replay)
 
-    def queue_gpu_expert(self, module: nn.Module, rows: torch.Tensor, slot: int, waits: list | None = None, replay: bool = True) -> torch.Tensor:
-        """The expert in ``slot`` applied to ``rows``, queued on the GPU after its copy lands
-        (``SlotPool.acquire``); what calibration times as the host's cost of one GPU expert.
+    def queue_gpu_expert(
+        self, module: nn.Module, rows: torch.Tensor, slot: int, stream: Stream, waits: list | None = None, replay: bool = True
+    ) -> torch.Tensor:
+        """The expert in ``slot`` applied to ``rows``, queued on ``stream`` (the layer's
+        ``compute_stream``) after its copy lands (``SlotPool.acquire``); what calibration times as
+        the host's cost of one GPU expert.
         Rows in the slot graphs' input (``gpu_input``) replay the slot's graph, unless ``replay``
         is False: its output would overwrite one the layer has yet to read."""
-        self.pool.acquire(slot, waits)
+        self.pool.acquire(slot, stream, waits)
         if replay and self.slot_graphs is not None and rows is self.slot_graphs.input:
             out = self.slot_graphs.replay(slot)
         else:
             out = expert_ffn(module, rows, self._slot_views[slot])
-        self.pool.release(slot)
+        self.pool.release(slot, stream)
         return out
 
     def queue_split_expert(
@@ -446,7 +470,7 @@ class CachedExperts:
         plan = LayerPlan(rows=np.arange(len(rows)), split=[ExpertJob(expert, slot, 0, len(rows), gpu_share)])
         cuts = [Cut.of(self.layout, gpu_share)]
         started = self._start_copies(record, plan, cuts)
-        self._run_jobs(module, record, LayerRows.of(rows, rows_on_host, plan.rows), plan, cuts, started)
+        self._run_jobs(module, record, LayerRows.of(rows, rows_on_host, plan.rows, compute_stream(self.device)), plan, cuts, started)
         return record.cpu_s
 
     def _run_jobs(
@@ -530,11 +554,14 @@ class CachedExperts:
         read = {job.slot for job in plan.resident}
         if not self.copies_first or any(job.slot in read for job in plan.fetched + plan.split):
             return StartedCopies(set(), None)
-        copied = self._start_fetch_copies(record, plan.fetched)
-        fetched = {job.slot for job in plan.fetched}
-        if any(job.slot in fetched for job in plan.split):
-            return StartedCopies(copied, None)
-        return StartedCopies(copied, [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)])
+        if not plan.fetched and not plan.split:
+            return StartedCopies(set(), [])
+        with self.pool.copying():
+            copied = self._start_fetch_copies(record, plan.fetched)
+            fetched = {job.slot for job in plan.fetched}
+            if any(job.slot in fetched for job in plan.split):
+                return StartedCopies(copied, None)
+            return StartedCopies(copied, [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)])
 
     def _queue_gpu_work(
         self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], started: "StartedCopies"
@@ -550,14 +577,19 @@ class CachedExperts:
         self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True, copied=started.fetched)
         split_copies = started.split
         if split_copies is None:
-            split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
+            split_copies = []
+            if plan.split:
+                with self.pool.copying():
+                    split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
         gpu_parts = [self._split_units(module, record, rows, job, cut, units_landed)
                      for job, cut, (units_landed, _) in zip(plan.split, cuts, split_copies)]  # fmt: skip
-        for s, expert in plan.background:
-            self.pool.fill(s, self.host[record.layer][expert])
-        for job, cut in zip(plan.split, cuts):
-            if job.slot < self.config.slots:  # kept: its CPU's slices follow, so the next token hits
-                self.pool.fill(job.slot, self.host[record.layer][job.expert], cut.unit_ranges(self.layout, on_gpu=False))
+        kept_splits = [(job, cut) for job, cut in zip(plan.split, cuts) if job.slot < self.config.slots]
+        if plan.background or kept_splits:
+            with self.pool.copying():
+                for s, expert in plan.background:
+                    self.pool.fill(s, self.host[record.layer][expert])
+                for job, cut in kept_splits:  # its CPU's slices follow, so the next token hits
+                    self.pool.fill(job.slot, self.host[record.layer][job.expert], cut.unit_ranges(self.layout, on_gpu=False))
         return outputs, gpu_parts, split_copies
 
     def _split_units(self, module, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, units_landed: Landed) -> torch.Tensor | None:
@@ -566,12 +598,12 @@ class CachedExperts:
         replayed from the slot's graph, which computes every unit (``SlotGraphs.replay_units``)."""
         if cut.units == 0:
             return None
-        self.pool.acquire(job.slot, record.wait_events, units_landed)
+        self.pool.acquire(job.slot, rows.stream, record.wait_events, units_landed)
         graphs = self._split_graphs(rows)
         if graphs is not None:
-            return self._timed_on_gpu(record, lambda: graphs.replay_units(job.slot))
+            return self._timed_on_gpu(record, rows.stream, lambda: graphs.replay_units(job.slot))
         on_gpu, weights = rows.on_gpu(job), self._slot_views[job.slot]
-        return self._timed_on_gpu(record, lambda: units_out(module, on_gpu, weights, 0, cut.units))
+        return self._timed_on_gpu(record, rows.stream, lambda: units_out(module, on_gpu, weights, 0, cut.units))
 
     def _finish_split(
         self, record: LayerPass, rows: "LayerRows", job: "ExpertJob", cut: Cut, gpu_part: torch.Tensor | None, down_landed: Landed,
@@ -588,9 +620,9 @@ class CachedExperts:
             parts = ([] if gpu_part is None else [gpu_part]) + [self._to_device(record, units_cpu)]
             weights = self._slot_views[job.slot]
             project = lambda: nn.functional.linear(torch.cat(parts, dim=-1), weights["down_proj"])  # noqa: E731
-        self.pool.acquire(job.slot, record.wait_events, down_landed)
-        out = self._timed_on_gpu(record, project)
-        self.pool.release(job.slot)
+        self.pool.acquire(job.slot, rows.stream, record.wait_events, down_landed)
+        out = self._timed_on_gpu(record, rows.stream, project)
+        self.pool.release(job.slot, rows.stream)
         return out
 
     def _split_graphs(self, rows: "LayerRows") -> SlotGraphs | None:
@@ -612,17 +644,17 @@ class CachedExperts:
         record.cpu_s += seconds
         return out, seconds
 
-    def _timed_on_gpu(self, record: LayerPass, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
-        """``queue()``'s result; the GPU time of the work it queues is added to ``record``."""
+    def _timed_on_gpu(self, record: LayerPass, stream: Stream, queue: Callable[[], torch.Tensor | None]) -> torch.Tensor | None:
+        """``queue()``'s result; the GPU time of the work it queues on ``stream`` is added to ``record``."""
         if self.device.type != "cuda":
             started = time.perf_counter()
             out = queue()
             record.gpu_s += time.perf_counter() - started
             return out
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        start.record(stream)
         out = queue()
-        end.record()
+        end.record(stream)
         record.gpu_events.append((start, end))
         return out
 
@@ -684,12 +716,13 @@ class LayerRows:
     hidden_cpu: torch.Tensor | None  # the host copy, when the layer computes on the CPU
     token_of_row: np.ndarray  # the token of each of LayerPlan.rows
     token_rows: torch.Tensor | None  # the same on the device; None for one token
+    stream: Stream  # where the layer's kernels run (slots.compute_stream), looked up once per layer
     replayed: set[int] = field(default_factory=set)  # slots whose graphs this layer replayed
 
     @classmethod
-    def of(cls, hidden: torch.Tensor, hidden_cpu: torch.Tensor | None, token_of_row: np.ndarray) -> "LayerRows":
+    def of(cls, hidden: torch.Tensor, hidden_cpu: torch.Tensor | None, token_of_row: np.ndarray, stream: Stream) -> "LayerRows":
         on_device = None if len(hidden) == 1 else torch.from_numpy(token_of_row).to(hidden.device, non_blocking=True)
-        return cls(hidden, hidden_cpu, token_of_row, on_device)
+        return cls(hidden, hidden_cpu, token_of_row, on_device, stream)
 
     def on_gpu(self, job: ExpertJob) -> torch.Tensor:
         return self.hidden if self.token_rows is None else self.hidden[self.token_rows[job.start : job.end]]
