@@ -5,9 +5,9 @@ kernel must not read a slot before its copy lands: two CUDA events per slot guar
 CPU device (tests, CI) the same calls copy synchronously and the events are skipped.
 
 A decode layer makes a dozen of these calls, so they take the compute stream from the caller and
-switch to the copy stream once for a layer's copies (``copying``): on the lent H100 host looking up
-the current stream held the host 6-8 µs and entering a stream 11-14 µs, against 1-2 µs for
-recording an event or waiting on one (``benchmarks/host_calls_gpu.py``, BENCHMARKS.md session 24).
+switch to the copy stream once for a batch of a layer's copies (``copying``): on the lent H100 hosts
+looking up the current stream held the host 8-12 µs and entering a stream 14-26 µs, against 2-3 µs
+for recording an event or waiting on one (``benchmarks/host_calls_gpu.py``, BENCHMARKS.md session 24).
 """
 
 from __future__ import annotations
