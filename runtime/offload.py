@@ -341,8 +341,8 @@ class CachedExperts:
         """The layer's experts and the router weights its output applies, on the host (the weights
         as float32, which holds the router's bf16 or fp16 values exactly); and, for a decode step
         whose misses may run on the CPU, its hidden row there too, read in the same wait
-        (``runtime.decode_reads``; a row is 8-14 KB, so a layer whose misses then all go to the GPU
-        loses little).
+        (``runtime.decode_reads``; a row is 4-8 KB for the shapes benchmarked here, so a layer whose misses
+        then all go to the GPU loses little).
 
         Forced routing still waits for the router's own choice and throws it away: that wait is
         what every real layer pays, and without it the host would queue layers without CPU work
