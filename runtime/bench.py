@@ -315,7 +315,9 @@ def _layer_cell(layers: dict | None) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """Markdown: each system's numbers and expertcache's speed over it, measured and predicted.
+    """Markdown: each system's numbers and expertcache's speed over it, measured and predicted (here
+    and on the seed's desktop). The ratio predicted here says whether a goal was within the model's
+    reach at all: the simulator's choice is the configuration it predicts fastest.
     Systems timed from outside (accelerate) have no cache, recorded run or prediction: "–".
     With several rounds, each round's speed and ratio follow in parentheses: on a host whose CPU
     drifts during the bench, rounds can disagree on which goals hold."""
@@ -326,13 +328,15 @@ def format_table(rows: list[dict]) -> str:
         "|---" * 12 + "|",
     ]
     for r in rows:
-        ratio = desktop_ratio = "–"
+        ratio = predicted_ratio = desktop_ratio = "–"
         speed = f"{r['decode_tokens_per_s']:.2f}" + _by_round([f"{v:.2f}" for v in r.get("decode_tokens_per_s_runs", [])])
         if ours is not None and r is not ours:
             ratio = f"{ours['decode_tokens_per_s'] / r['decode_tokens_per_s']:.2f}×"
             ours_runs, its_runs = ours.get("decode_tokens_per_s_runs", []), r.get("decode_tokens_per_s_runs", [])
             if len(ours_runs) == len(its_runs):
                 ratio += _by_round([f"{a / b:.2f}×" for a, b in zip(ours_runs, its_runs)])
+            if "predicted_tokens_per_s" in r:
+                predicted_ratio = f"{ours['predicted_tokens_per_s'] / r['predicted_tokens_per_s']:.2f}×"
             if "desktop_tokens_per_s" in r:
                 desktop_ratio = f"{ours['desktop_tokens_per_s'] / r['desktop_tokens_per_s']:.2f}×"
         if r["placement"] == "accelerate":
@@ -348,7 +352,7 @@ def format_table(rows: list[dict]) -> str:
             f"{r['roofline_tokens_per_s']:.2f}" if simulated else "–",
             f"{r['decode_tokens_per_s'] / r['roofline_tokens_per_s']:.0%}" if simulated else "–",
             ratio,
-            f"{r['predicted_tokens_per_s']:.2f}" if simulated else "–",
+            f"{r['predicted_tokens_per_s']:.2f} ({predicted_ratio})" if simulated else "–",
             f"{r['desktop_tokens_per_s']:.2f} ({desktop_ratio})" if simulated else "–",
             f"{r['gpu_joules_per_token']:.1f}" if "gpu_joules_per_token" in r else "n/a",
             f"{r['cpu_joules_per_token']:.1f}" if "cpu_joules_per_token" in r else "n/a",

@@ -66,6 +66,9 @@ def test_bench_runs_every_system_and_prices_each_run(model_dirs, tmp_path):
     # each round's speed, and expertcache's ratio over each peer in it, beside the row's
     assert re.search(r"\| fetch \| [^|]+ \| [^|]+ \| \d+\.\d\d \(\d+\.\d\d, \d+\.\d\d\) \|", result.stdout)
     assert re.search(r"\| \d+\.\d\d× \(\d+\.\d\d×, \d+\.\d\d×\) \|", result.stdout)
+    # beside each peer's predicted speed, the ratio the simulator predicted for expertcache over it
+    ours, fetch = rows["expertcache"]["predicted_tokens_per_s"], rows["fetch"]["predicted_tokens_per_s"]
+    assert f"| {fetch:.2f} ({ours / fetch:.2f}×) |" in result.stdout and f"| {ours:.2f} (–) |" in result.stdout
     # each system's decode layers, by how their misses ran, against the miss rule's plan
     kinds = {system: row["measured"]["layers_by_kind"] for system, row in rows.items()}
     assert set(kinds["cpu"]) == {"cpu"} and set(kinds["gpu"]) == {"hits"} and "cpu" not in kinds["fetch"]
