@@ -9,14 +9,16 @@ and through the CPU's units of cuts leaving the GPU 40, 60 and 80 % of the bytes
     python benchmarks/split_cpu_gpu.py --out split-cpu.json
 
 With ``--conditions`` it times instead, per kernel of ``runtime.cpu_kernel``, a whole expert, a
-split's units at a GPU share of 0.5 (at one cut, and cycling through eight) and those units' two
-products alone, in the conditions decode computes them in:
+split's units at a GPU share of 0.5 (at one cut, and cycling through eight) and of 0.7, and the two
+products at 0.5 alone, in the conditions decode computes them in:
 
 - ``alone``: back to back;
 - ``after_wait``: right after the host waited for about a millisecond of GPU work, as a decode
   layer's routing read does;
 - ``beside_copy``: with the GPU's half of the expert being copied meanwhile, as a split's is;
-- ``in_run``: both, and twenty small kernels queued in between, as a split layer does.
+- ``in_run``: both, and twenty small kernels queued in between, as a split layer does;
+- ``beside_own_copy``: with the bytes the CPU reads being copied meanwhile too, behind the GPU's half,
+  as a split the cache keeps has its CPU's slices copied (a whole expert: itself, as a kept CPU miss is).
 
     python benchmarks/split_cpu_gpu.py --conditions --shapes phi-3.5-moe,olmoe-1b-7b,mixtral-8x7b --out F
 
@@ -49,7 +51,7 @@ SAMPLES = 48
 CONDITION_SAMPLES = 40
 GPU_WAIT_CYCLES = 1_500_000  # torch.cuda._sleep: about a millisecond on an H100
 SMALL_KERNELS = 20
-CONDITIONS = ("alone", "after_wait", "beside_copy", "in_run")
+CONDITIONS = ("alone", "after_wait", "beside_copy", "in_run", "beside_own_copy")
 
 
 def mean_ms(run, rows) -> float:
@@ -83,24 +85,28 @@ def by_condition(shape: str, threads: int, module, layout: ExpertLayout, rows, x
     slot = torch.empty(layout.numel, dtype=layout.dtype, device="cuda")
     scratch = torch.zeros(16, device="cuda")
     copy_stream = torch.cuda.Stream()
-    half = Cut.of(layout, 0.5)
+    half, most = Cut.of(layout, 0.5), Cut.of(layout, 0.7)  # decode's splits mostly leave the GPU 0.65-0.75
     cycling = itertools.cycle([Cut.of(layout, share) for share in (0.40, 0.44, 0.48, 0.52, 0.56, 0.60, 0.64, 0.68)])
     works = {
         "whole": lambda r: expert_ffn(module, x, layout.views(r)),
         "share_0.5": lambda r: units_out(module, x, layout.views(r), half.units, half.intermediate),
+        "share_0.7": lambda r: units_out(module, x, layout.views(r), most.units, most.intermediate),
         "share_cycling": lambda r: (lambda c: units_out(module, x, layout.views(r), c.units, c.intermediate))(next(cycling)),
         "share_products_only": lambda r: [torch.nn.functional.linear(x, layout.views(r)["gate_up_proj"][lo:hi])
                                          for lo, hi in ((half.units, half.intermediate),
                                                         (half.intermediate + half.units, 2 * half.intermediate))],
     }  # fmt: skip
 
-    def prepare(condition: str, row: torch.Tensor) -> None:
+    def prepare(condition: str, name: str, row: torch.Tensor) -> None:
         if condition in ("after_wait", "in_run"):
             torch.cuda._sleep(GPU_WAIT_CYCLES)
             torch.cuda.synchronize()
-        if condition in ("beside_copy", "in_run"):
+        if condition in ("beside_copy", "in_run", "beside_own_copy"):
+            ranges = half.unit_ranges(layout, on_gpu=True) + half.down_ranges(layout)
+            if condition == "beside_own_copy":
+                ranges = [(0, layout.numel)] if name == "whole" else ranges + half.unit_ranges(layout, on_gpu=False)
             with torch.cuda.stream(copy_stream):
-                for start, end in half.unit_ranges(layout, on_gpu=True) + half.down_ranges(layout):
+                for start, end in ranges:
                     slot[start:end].copy_(row[start:end], non_blocking=True)
         if condition == "in_run":
             for _ in range(SMALL_KERNELS):
@@ -117,13 +123,14 @@ def by_condition(shape: str, threads: int, module, layout: ExpertLayout, rows, x
                     times = []
                     for _ in range(CONDITION_SAMPLES):
                         row = next(rows)
-                        prepare(condition, row)
+                        prepare(condition, name, row)
                         started = time.perf_counter()
                         work(row)
                         times.append(time.perf_counter() - started)
                         torch.cuda.synchronize()
                 result[f"{name}_ms"] = 1e3 * statistics.median(times)
-            result["share_over_part"] = result["share_0.5_ms"] / ((1 - half.gpu_fraction(layout)) * result["whole_ms"])
+            for cut, name in ((half, "0.5"), (most, "0.7")):
+                result[f"share_{name}_over_part"] = result[f"share_{name}_ms"] / ((1 - cut.gpu_fraction(layout)) * result["whole_ms"])
             results.append(result)
     return results
 
