@@ -438,12 +438,10 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
         from expertcache.runtime.synthetic import build_full_size
 
         return build_full_size(shape, layers, device=str(device))
-    from transformers import AutoConfig
-
-    from expertcache.runtime.loader import load, model_dtype, plan_memory
+    from expertcache.runtime.loader import load, model_dtype, plan_memory, read_model_config
     from expertcache.simulator.config import CacheConfig
 
-    hf_config = AutoConfig.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    hf_config = read_model_config(model_path, trust_remote_code)
     top_k = plan_memory(hf_config, 2**62, 1, model_dtype(hf_config, "auto"), trust_remote_code).top_k
     smallest = CacheConfig(sets=1, ways=top_k, policy="lru")  # the caller attaches its own
     model = load(model_path, config=smallest, device=torch.device(device), gpu_budget=gpu_budget, max_tokens=max_tokens, threads=threads,
@@ -580,7 +578,8 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
 
     from expertcache.errors import ConfigError
     from expertcache.runtime.bench import BenchSetup, check_systems, dense_drift, format_layer_times, format_table, roofline_note, run_bench
-    from expertcache.runtime.loader import model_dtype, plan_memory
+    from expertcache.runtime.loader import model_dtype, plan_memory, read_model_config
+    from expertcache.runtime.pinned import check_host_memory
     from expertcache.units import parse_bytes
 
     if (model_path is None) == (shape is None):
@@ -597,12 +596,11 @@ def bench(model_path, shape, layers, budget_text, trace_path, systems, requests,
 
         hf_config, dtype = full_size_config(shape, layers), torch.bfloat16
     else:
-        from transformers import AutoConfig
-
-        hf_config = AutoConfig.from_pretrained(model_path)
+        hf_config = read_model_config(model_path)
         dtype = model_dtype(hf_config, "auto")
     plan = plan_memory(hf_config, budget, max_tokens, dtype)
     plan.check()
+    check_host_memory(plan.all_experts * plan.expert_bytes, f"the {plan.all_experts} routed experts of {shape or model_path}")
     whole = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else 2**62
     if trace_path:
         from expertcache.traces.io import read_trace

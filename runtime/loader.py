@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from expertcache.errors import ConfigError
 from expertcache.runtime.attention import keep_attention_steady
@@ -20,7 +20,7 @@ from expertcache.runtime.experts import ExpertLayout, find_experts_modules
 from expertcache.runtime.graphs import route_decode_through_graphs
 from expertcache.runtime.kv import reuse_one_cache
 from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExperts, register
-from expertcache.runtime.pinned import host_rows
+from expertcache.runtime.pinned import check_host_memory, host_rows
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
 from expertcache.simulator.policies import DEFAULT_POLICY
@@ -160,12 +160,10 @@ def load(
     """
     device = torch.device(device)
     path = Path(model_path)
-    if not (path / "config.json").exists():
-        raise ConfigError(f"{path}: not a model directory (no config.json)")
+    hf_config = read_model_config(path, trust_remote_code)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device cuda was asked for but this machine has no CUDA GPU; pass --device cpu")
     register()
-    hf_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     torch_dtype = model_dtype(hf_config, dtype)
     if gpu_budget is None:
         if device.type == "cuda":
@@ -180,6 +178,7 @@ def load(
             f"{config.sets} x {config.ways} = {config.slots} slots do not fit: the budget leaves room for {plan.slots}"
         )
     config.geometry.check_fits(plan.top_k)
+    check_host_memory(plan.all_experts * plan.expert_bytes, f"the {plan.all_experts} routed experts of {path.name}")
     threads = threads or config.threads or max(1, (os.cpu_count() or 2) - 1)
 
     model = AutoModelForCausalLM.from_pretrained(
@@ -187,6 +186,19 @@ def load(
     )
     host = {layer: _move_experts_to_host(module, pin=device.type == "cuda") for layer, _, module in find_experts_modules(model)}
     return attach(model, host, config, device, threads, profile, plan.top_k, cuda_graphs=cuda_graphs, pace_cpu=pace_cpu)
+
+
+def read_model_config(model_path: str | Path, trust_remote_code: bool = False) -> PretrainedConfig:
+    """A local model directory's transformers config. A path that is no model directory, or whose
+    config.json transformers cannot read (malformed, an unknown ``model_type``), is refused in one
+    line rather than with transformers' traceback."""
+    path = Path(model_path)
+    if not (path / "config.json").exists():
+        raise ConfigError(f"{path}: not a model directory (no config.json)")
+    try:
+        return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (ValueError, OSError) as error:  # json's decode error is a ValueError
+        raise ConfigError(f"{path}: transformers cannot read its config.json: {str(error).splitlines()[0]}") from None
 
 
 def attach(

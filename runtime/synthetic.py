@@ -118,16 +118,19 @@ def build_full_size(
     """
     from expertcache.runtime.experts import ExpertLayout, find_experts_modules
     from expertcache.runtime.offload import IMPLEMENTATION, register
-    from expertcache.runtime.pinned import host_rows
+    from expertcache.runtime.pinned import check_host_memory, host_rows
 
     register()
     config = full_size_config(shape, num_layers)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, experts_implementation=IMPLEMENTATION)
+    experts = find_experts_modules(model)
+    needed = sum(module.num_experts * ExpertLayout.of(module).numel * dtype.itemsize for _, _, module in experts)
+    check_host_memory(needed, f"the experts of {len(experts)} {shape} layers")
     block = _random_block(seed, dtype)
     pin = torch.device(device).type == "cuda"
     host = {}
-    for layer, _, module in find_experts_modules(model):
+    for layer, _, module in experts:
         layout = ExpertLayout.of(module)
         rows = host_rows(module.num_experts, layout.numel, dtype, pin)
         _tile(rows.view(-1), block)

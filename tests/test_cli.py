@@ -139,6 +139,30 @@ def test_bad_input_is_one_line_on_stderr_and_exit_status_2(small_trace, tmp_path
     assert len(lines) == 1 and message in lines[0], result.stderr
 
 
+@pytest.mark.parametrize(
+    "config_text, message",
+    [('{"model_type": "not-a-model"}', "does not recognize this architecture"), ("{broken", "not a valid JSON file")],
+)
+@pytest.mark.parametrize("command", [["run", "--prompt", "hi"], ["bench", "--budget", "4GiB"], ["calibrate", "--out", "{out}"]])
+def test_a_model_directory_transformers_cannot_read_is_refused_in_one_line(tmp_path, command, config_text, message):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(config_text)
+    args = [a.format(out=tmp_path / "p.json") for a in command]
+    result = run_cli(*args, "--model", str(tmp_path / "model"), "--device", "cpu")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot read its config.json" in lines[0] and message in lines[0], result.stderr
+
+
+def test_experts_beyond_the_machines_host_memory_are_refused_before_any_is_allocated(tmp_path):
+    # 2,000 Mixtral-8x7B layers hold 5.6 TB of experts: more than any machine this runs on has
+    result = run_cli("calibrate", "--synthetic", "mixtral-8x7b", "--layers", "2000", "--device", "cpu", "--out", str(tmp_path / "p.json"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "the experts of 2000 mixtral-8x7b layers need 5250.0 GiB of host memory" in lines[0], result.stderr
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_fewer_slots_than_top_k_is_refused(tmp_path):
     from conftest import decode_rows, tiny_meta, write_trace
 

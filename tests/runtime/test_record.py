@@ -165,6 +165,16 @@ def test_fewer_slots_than_top_k_is_refused(model_dirs):
         load(model_dirs("mixtral"), device="cpu", gpu_budget=budget, max_tokens=64)
 
 
+def test_experts_beyond_the_machines_host_memory_are_refused_before_loading(tmp_path):
+    from expertcache.errors import ConfigError
+    from expertcache.runtime.synthetic import full_size_config
+
+    # a config alone, no weights: 2,000 Mixtral-8x7B layers hold terabytes of experts
+    full_size_config("mixtral-8x7b", 2000).save_pretrained(tmp_path)
+    with pytest.raises(ConfigError, match=r"the 16000 routed experts of .* need [0-9.]+ GiB of host memory; this machine has"):
+        load(tmp_path, device="cpu", max_tokens=64)
+
+
 def test_run_reports_bad_input_in_one_line(model_dirs, tmp_path):
     cases = [
         (["--model", str(tmp_path / "nowhere"), "--prompt", "x"], "not a model directory"),
