@@ -23,7 +23,7 @@ from expertcache.runtime.offload import IMPLEMENTATION, STAGING_SLOTS, CachedExp
 from expertcache.runtime.pinned import check_host_memory, host_rows
 from expertcache.simulator.config import CacheConfig
 from expertcache.simulator.costs import Profile, load_profile
-from expertcache.simulator.policies import DEFAULT_POLICY
+from expertcache.simulator.policies import DEFAULT_POLICY, online_policy
 from expertcache.units import format_bytes
 
 DEFAULT_WAYS = 8
@@ -178,6 +178,8 @@ def load(
             f"{config.sets} x {config.ways} = {config.slots} slots do not fit: the budget leaves room for {plan.slots}"
         )
     config.geometry.check_fits(plan.top_k)
+    online_policy(config.policy)
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
     check_host_memory(plan.all_experts * plan.expert_bytes, f"the {plan.all_experts} routed experts of {path.name}")
     threads = threads or config.threads or max(1, (os.cpu_count() or 2) - 1)
 

@@ -20,7 +20,7 @@ from expertcache.simulator.geometry import Geometry
 from expertcache.simulator.markov import (
     add_expert, later_visit_reuse, model_version, new_markov_arrays, next_visit_reuse, refresh_evidence, start_visit,
 )  # fmt: skip
-from expertcache.simulator.policies import BELADY, DEFAULT_DECAY, ETA, LFU, LRU, MARKOV, RANDOM, SCORE, get_policy
+from expertcache.simulator.policies import BELADY, DEFAULT_DECAY, ETA, LFU, LRU, MARKOV, RANDOM, SCORE, get_policy, online_policy
 
 NEVER = np.float64(2.0**62)
 """Next-use index of an access whose key is never used again."""
@@ -263,8 +263,7 @@ class ExpertCache:
         seed: int = 0,
         decay: float = DEFAULT_DECAY,
     ) -> None:
-        if get_policy(policy).offline_only:
-            raise ConfigError(f"policy '{policy}' needs the future of the trace and runs only in the simulator")
+        online_policy(policy)
         self.geometry = geometry
         self.num_experts = num_experts
         moe_layers = list(range(num_layers)) if moe_layers is None else list(moe_layers)

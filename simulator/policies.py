@@ -61,3 +61,12 @@ def get_policy(name: str) -> Policy:
         return POLICIES[name.lower()]
     except KeyError:
         raise ConfigError(f"unknown policy '{name}'; known: {', '.join(POLICIES)}") from None
+
+
+def online_policy(name: str) -> Policy:
+    """``name``'s policy, refused when it needs the trace's future: such a policy runs only in the
+    simulator, and a live run is told so before it loads anything."""
+    policy = get_policy(name)
+    if policy.offline_only:
+        raise ConfigError(f"policy '{name}' needs the future of the trace and runs only in the simulator")
+    return policy

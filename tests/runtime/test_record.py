@@ -176,11 +176,17 @@ def test_experts_beyond_the_machines_host_memory_are_refused_before_loading(tmp_
 
 
 def test_run_reports_bad_input_in_one_line(model_dirs, tmp_path):
+    belady, broken = tmp_path / "belady.json", tmp_path / "broken.json"
+    CacheConfig(sets=1, ways=4, policy="belady").to_json(belady)
+    broken.write_text("{not json")
     cases = [
         (["--model", str(tmp_path / "nowhere"), "--prompt", "x"], "not a model directory"),
         (["--model", model_dirs("mixtral"), "--prompt", "x", "--device", "cpu", "--gpu-budget", "1MB"], "cannot hold the dense weights"),
         (["--model", model_dirs("mixtral"), "--device", "cpu"], "exactly one of --prompt and --prompt-file"),
         (["--model", model_dirs("mixtral"), "--prompt", "x", "--device", "cpu", "--sets", "1", "--ways", "1"], "fewer than top_k"),
+        # refused before the weights load (their progress bar would make a second line)
+        (["--model", model_dirs("mixtral"), "--prompt", "x", "--device", "cpu", "--config", str(belady)], "runs only in the simulator"),
+        (["--model", model_dirs("mixtral"), "--prompt", "x", "--device", "cpu", "--profile", str(broken)], "not a JSON profile"),
     ]
     for args, message in cases:
         result = subprocess.run(_cli("run", *args), capture_output=True, text=True)
