@@ -53,6 +53,19 @@ class ThreadCounts(click.ParamType):
         return counts
 
 
+class DeviceName(click.ParamType):
+    """``--device``: where the runtime runs, ``cpu``, ``cuda`` or ``cuda:N``, refused while the
+    options are read when it is anything else (torch would raise its own traceback later)."""
+
+    name = "cpu|cuda[:N]"
+
+    def convert(self, value, param, ctx) -> str:
+        kind, colon, index = str(value).partition(":")
+        if kind not in ("cpu", "cuda") or (colon and not (kind == "cuda" and index.isdigit())):
+            self.fail(f"'{value}' is not a device expertcache runs on: cpu, cuda or cuda:N", param, ctx)
+        return str(value)
+
+
 class OutputPath(click.Path):
     """A path the command writes. Its folder (the path itself, for a directory) is made as
     ``mkdir -p`` makes it, and found writable, while the options are read: a sweep or a bench
@@ -186,10 +199,14 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, most_s
     from expertcache.errors import ConfigError
     from expertcache.simulator.costs import load_profile
     from expertcache.simulator.geometry import geometries_for_slots, slots_for_budget
-    from expertcache.simulator.sweep import candidates
+    from expertcache.simulator.sweep import candidates, check_ray_address
     from expertcache.traces.io import read_trace
     from expertcache.units import format_bytes, parse_bytes
 
+    if executor == "ray":
+        check_ray_address(address)  # before anything is read or printed
+    elif address:
+        raise ConfigError("--address names a Ray cluster: give it with --executor ray")
     paths = list(trace_paths) or [_trace_path(None)]
     metas = [read_trace(p).meta for p in paths]
     shapes = {(m.num_layers, m.num_experts, m.top_k, m.expert_bytes) for m in metas}
@@ -274,7 +291,7 @@ def _model_options(command):
         click.option("--policy", default=None, help="Replacement policy. [default: markov, or the config's]"),
         click.option("--threads", type=COUNT, help="CPU threads for misses. [default: all cores but one]"),
         click.option("--gpu-budget", help="Everything on the GPU: dense weights, KV cache, slots, e.g. 24GiB. [default: free GPU memory]"),
-        click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]"),
+        click.option("--device", type=DeviceName(), default=None, help="cuda or cpu. [default: cuda when available]"),
         click.option("--profile", "profile_name", metavar="NAME|PATH", help=PROFILE_HELP),
         click.option("--hide-response", is_flag=True, help="Do not stream the generated text."),
         click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code."),
@@ -455,7 +472,7 @@ def _model_and_experts(model_path, shape, layers, device, threads=None, trust_re
 @click.option("--model", "model_path", type=click.Path(), help="Local model directory to calibrate for.")
 @click.option("--synthetic", "shape", type=click.Choice(FULL_SHAPES), help="Calibrate for a full-size architecture with synthesized weights instead (GPU).")
 @click.option("--layers", type=COUNT, default=2, show_default=True, help="Layers of the --synthetic model to build (timings are per layer).")
-@click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
+@click.option("--device", type=DeviceName(), default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--gpu-budget", help="GPU memory calibrating --model may use: dense weights, a short KV cache, top_k slots, e.g. 24GiB. [default: free GPU memory]")
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure. [default: 1, 2, 4, ... all cores]")
 @click.option("--repeats", type=COUNT, default=5, show_default=True, help="Timed repetitions per measurement, of which the median is kept; CPU experts keep the mean of 32 or more, the one-token point over 4 s on each of torch's one-row kernels (oneDNN's, its own), the faster kept.")
@@ -508,7 +525,7 @@ def calibrate(model_path, shape, layers, device, gpu_budget, thread_list, repeat
 @click.option("--max-tokens", type=COUNT, default=64, show_default=True, help="New tokens per prompt while recording.")
 @click.option("--gpu-budget", help="Everything on the GPU: dense weights, KV cache, slots, e.g. 24GiB. [default: free GPU memory]")
 @click.option("--threads", "thread_list", type=ThreadCounts(), help="Comma-separated CPU thread counts to measure and sweep. [default: 1, 2, 4, ... all cores]")
-@click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
+@click.option("--device", type=DeviceName(), default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--trust-remote-code", is_flag=True, help="Allow the model directory's own Python code.")
 @click.option("--enforce-eager", is_flag=True, help="Record and calibrate decoding without CUDA graphs, for runs with --enforce-eager.")
 @click.option("--out-dir", default="tuned", show_default=True, type=OutputPath(directory=True), help="Where trace.parquet, profile.json and best-config.json go.")
@@ -563,7 +580,7 @@ def tune(model_path, prompt, prompt_file, n_prompts, max_tokens, gpu_budget, thr
 @click.option("--new-tokens", type=COUNT, default=32, show_default=True, help="Greedy new tokens per request.")
 @click.option("--rounds", type=COUNT, default=1, show_default=True, help="Run every system this many times, interleaved; report each one's median run (of an even count, the slower middle one). Where the host's CPU speed drifts during a bench, 3 give a true median.")
 @click.option("--threads", type=COUNT, help="CPU threads for experts on the CPU. [default: all cores but one]")
-@click.option("--device", default=None, help="cuda or cpu. [default: cuda when available]")
+@click.option("--device", type=DeviceName(), default=None, help="cuda or cpu. [default: cuda when available]")
 @click.option("--out", "out_path", type=OutputPath(), help="Write the setup, the profile, the choice and every row as JSON, rewritten after every run (\"complete\": false until the end).")
 @click.option("--timing-out", "timing_path", type=OutputPath(), help="Write every run's per-layer timing (system, round, and the recording's timing columns: docs/trace-format.md) as Parquet, rewritten after every run.")
 @click.option("--enforce-eager", is_flag=True, help="Every system decodes without CUDA graphs (by default each replays its layers' work between the experts, and each GPU expert, from them).")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -82,6 +83,24 @@ def _run_processes(paths, profile, todo, workers) -> Iterator[list[dict]]:
         yield from pool.map(_evaluate_in_worker, [profile] * len(todo), todo, chunksize=max(1, len(todo) // (8 * workers)))
 
 
+RAY_CONNECT_TIMEOUT_S = 10
+"""How long a cluster address may take to accept a connection before the sweep gives up on it."""
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse a cluster ``address`` (``host:port`` or ``ray://host:port``) that accepts no
+    connection: ``ray.init`` retried one on localhost for over ten minutes before failing."""
+    if address in (None, "auto", "local"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=RAY_CONNECT_TIMEOUT_S).close()
+    except ValueError:
+        raise ConfigError(f"'{address}' is not a Ray cluster address (host:port, or ray://host:port)") from None
+    except OSError as error:
+        raise ConfigError(f"cannot reach a Ray cluster at {address}: {error.strerror or error}") from None
+
+
 def _run_ray(paths, profile, todo, address) -> Iterator[list[dict]]:
     try:
         import ray
@@ -89,7 +108,11 @@ def _run_ray(paths, profile, todo, address) -> Iterator[list[dict]]:
         raise ConfigError("the Ray executor needs Ray: pip install 'expertcache[ray]'") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        check_ray_address(address)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        except ConnectionError as error:
+            raise ConfigError(f"cannot reach a Ray cluster at {address}: {error}") from None
     try:
         replays_ref = ray.put([ReplayInput.from_trace(read_trace(p)) for p in paths])
         remote = ray.remote(_evaluate)

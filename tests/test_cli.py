@@ -127,6 +127,12 @@ def _bad_trace(tmp_path):
         (["sweep", "--trace", "{trace}", "--results", "{text}/all.csv"], "notes.txt is a file, not a folder"),
         (["analyze", "{trace}", "--out", "{text}/report"], "notes.txt/report: Not a directory"),
         (["trace", "synthesize", "--experts", "2", "--top-k", "3", "--out", "{missing}"], "top_k=3 must be between 1 and num_experts=2"),
+        # refused at once: Ray itself retried a refused address on localhost for over ten minutes
+        (["sweep", "--trace", "{trace}", "--executor", "ray", "--address", "127.0.0.1:1"], "cannot reach a Ray cluster at 127.0.0.1:1"),
+        (["sweep", "--trace", "{trace}", "--executor", "ray", "--address", "head-node"], "not a Ray cluster address"),
+        (["sweep", "--trace", "{trace}", "--address", "127.0.0.1:6379"], "give it with --executor ray"),
+        (["run", "--model", "{missing}", "--prompt", "x", "--device", "tpu"], "'tpu' is not a device expertcache runs on"),
+        (["bench", "--synthetic", "olmoe-1b-7b", "--budget", "4GiB", "--device", "cpu:1"], "'cpu:1' is not a device"),
     ],
 )
 def test_bad_input_is_one_line_on_stderr_and_exit_status_2(small_trace, tmp_path, args, message):
