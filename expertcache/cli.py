@@ -227,6 +227,7 @@ def sweep(trace_paths, budget, slots, policy_list, thread_list, max_sets, most_s
     total = min(total, len(meta.moe_layers) * meta.num_experts)
     profile = load_profile(profile_name)
     threads = thread_list or profile.thread_counts
+    profile.check_threads(threads)  # before the sweep starts, not in its first simulation
     policy_names = [p.strip() for p in policy_list.split(",") if p.strip()]
     todo = candidates(geometries_for_slots(total, meta.top_k, max_sets, most_set_counts), policy_names, threads)
 

@@ -101,10 +101,17 @@ class Profile:
         """Seconds to copy one expert host→device over the pinned path."""
         return expert_bytes / (self.h2d_gbps * 1e9)
 
+    def check_threads(self, threads: Iterable[int]) -> None:
+        """Refuse thread counts this profile has no CPU timings for."""
+        missing = [count for count in threads if count not in self.cpu_expert_ms]
+        if missing:
+            raise ConfigError(
+                f"profile '{self.name}' has no CPU timings for {', '.join(map(str, missing))} threads; it has {self.thread_counts}"
+            )
+
     def cpu_table_s(self, threads: int, expert_bytes: int, max_tokens: int) -> np.ndarray:
         """CPU seconds for one expert at 0..max_tokens tokens, with ``threads`` threads."""
-        if threads not in self.cpu_expert_ms:
-            raise ConfigError(f"profile '{self.name}' has no CPU timings for {threads} threads; it has {self.thread_counts}")
+        self.check_threads([threads])
         return _table(self.cpu_expert_ms[threads], max_tokens) * (expert_bytes / self.expert_bytes) / 1e3
 
     def gpu_table_s(self, expert_bytes: int, max_tokens: int) -> np.ndarray:

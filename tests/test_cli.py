@@ -120,6 +120,7 @@ def _bad_trace(tmp_path):
         (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--threads", "0"], "Invalid value for '--threads'"),
         (["sweep", "--trace", "{trace}", "--threads", "1,x"], "'1,x' is not a comma-separated list of thread counts"),
         (["sweep", "--trace", "{trace}", "--threads", "2,0"], "thread counts must be at least 1"),
+        (["sweep", "--trace", "{trace}", "--threads", "3,15,7"], "no CPU timings for 3, 7 threads; it has [15, 16]"),
         (["simulate", "--trace", "{trace}", "--sets", "1", "--ways", "2", "--bogus"], "No such option '--bogus'. (see "),
         (["bogus"], "No such command 'bogus'"),
         # where results go is checked before the sweep runs, not after
