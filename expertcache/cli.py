@@ -326,7 +326,8 @@ def _load_for_cli(model_path, config_path, sets, ways, policy, threads, gpu_budg
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     budget = parse_bytes(gpu_budget) if gpu_budget else None
     return load(model_path, config=config, device=device, gpu_budget=budget, max_tokens=max_tokens + 4096,
-                threads=threads, profile=profile_name, trust_remote_code=trust_remote_code, cuda_graphs=not enforce_eager)  # fmt: skip
+                threads=threads, profile=profile_name, trust_remote_code=trust_remote_code, cuda_graphs=not enforce_eager,
+                policy=policy or DEFAULT_POLICY)  # fmt: skip
 
 
 def _generate_and_report(model, model_path, prompts, max_tokens, hide_response, trust_remote_code) -> None:

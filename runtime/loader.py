@@ -148,6 +148,7 @@ def load(
     trust_remote_code: bool = False,
     cuda_graphs: bool = True,
     pace_cpu: bool | None = None,
+    policy: str = DEFAULT_POLICY,
 ) -> PreTrainedModel:
     """Load a local Hugging Face MoE model with its routed experts behind a GPU expert cache.
 
@@ -156,6 +157,7 @@ def load(
     >>> model.expertcache.stats.hit_rate                                          # doctest: +SKIP
 
     ``device="cpu"`` keeps the slot pool on the CPU: the same code path, for tests and CI.
+    Without ``config`` the cache is the largest geometry the budget holds, under ``policy``.
     ``cuda_graphs`` and ``pace_cpu``: see ``attach``.
     """
     device = torch.device(device)
@@ -172,7 +174,7 @@ def load(
             gpu_budget = 2**62  # the CPU device has no budget: the configuration decides
     plan = plan_memory(hf_config, gpu_budget, max_tokens, torch_dtype, trust_remote_code)
     plan.check()
-    config = config or default_config(plan)
+    config = config or default_config(plan, policy)
     if config.slots > plan.slots:
         raise ConfigError(
             f"{config.sets} x {config.ways} = {config.slots} slots do not fit: the budget leaves room for {plan.slots}"
