@@ -175,6 +175,13 @@ def test_experts_beyond_the_machines_host_memory_are_refused_before_loading(tmp_
         load(tmp_path, device="cpu", max_tokens=64)
 
 
+def test_a_policy_alone_sets_the_default_geometrys_policy(model_dirs):
+    result = subprocess.run(_cli("run", "--model", model_dirs("mixtral"), "--prompt", "x", "--device", "cpu", "--max-tokens", "2",
+                                 "--policy", "fifo", "--hide-response"), capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"cache +\d+ sets x \d+ ways, fifo,", result.stdout), result.stdout
+
+
 def test_run_reports_bad_input_in_one_line(model_dirs, tmp_path):
     belady, broken = tmp_path / "belady.json", tmp_path / "broken.json"
     CacheConfig(sets=1, ways=4, policy="belady").to_json(belady)
