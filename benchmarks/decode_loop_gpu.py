@@ -27,7 +27,7 @@ keep_cpu_threads_spinning()  # before torch loads OpenMP, as the CLI's model com
 
 import torch  # noqa: E402
 
-from expertcache.runtime.kv import empty_cache  # noqa: E402
+from expertcache.runtime.kv import CACHE_ARGUMENT, empty_cache  # noqa: E402
 from expertcache.runtime.loader import attach  # noqa: E402
 from expertcache.runtime.record import Recorder  # noqa: E402
 from expertcache.runtime.synthetic import build_full_size  # noqa: E402
@@ -37,10 +37,10 @@ from expertcache.simulator.config import CacheConfig  # noqa: E402
 def bare_loop(model, ids: torch.Tensor, new_tokens: int) -> None:
     """Greedy decoding as forward passes only: each step's argmax stays on the GPU as the next input."""
     cache = empty_cache(model, ids.shape[1] + new_tokens)
-    logits = model(ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+    logits = model(ids, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
     for _ in range(new_tokens - 1):
         token = logits[:, -1].argmax(-1, keepdim=True)
-        logits = model(token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = model(token, **{CACHE_ARGUMENT: cache}, use_cache=True, logits_to_keep=1).logits
 
 
 def main() -> None:

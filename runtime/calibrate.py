@@ -21,7 +21,7 @@ import torch
 
 from expertcache.runtime.cpu_kernel import cpu_products, faster_one_row_kernel
 from expertcache.runtime.experts import expert_ffn
-from expertcache.runtime.kv import empty_cache
+from expertcache.runtime.kv import CACHE_ARGUMENT, empty_cache
 from expertcache.runtime.slots import compute_stream
 from expertcache.runtime.split import least_gpu_share
 from expertcache.simulator.costs import ONEDNN, Profile, nearest_thread_count
@@ -432,7 +432,7 @@ def _time_outside_experts(model, runtime, launch_ms: float, copy_ms: float) -> t
         # the static cache generate decodes into, so that decode passes replay the CUDA graphs
         # generate's steps will (captured here, in the untimed round)
         cache = empty_cache(model, LONGEST_SEQUENCE)
-        model(torch.randint(0, vocab, (1, PROMPT_TOKENS), device=device), past_key_values=cache, use_cache=True)
+        model(torch.randint(0, vocab, (1, PROMPT_TOKENS), device=device), **{CACHE_ARGUMENT: cache}, use_cache=True)
         runtime.end_pass()
     rounds = []
     for round_ in range(OUTSIDE_ROUNDS + 1):  # the first one untimed
@@ -469,7 +469,7 @@ def _step_overhead_ms(model, runtime) -> float:
         for round_ in range(STEP_ROUNDS + 1):  # the first one untimed
             runtime.begin_request(0)
             cache = empty_cache(model, PROMPT_TOKENS + STEP_TOKENS)
-            model(prompt, past_key_values=cache, use_cache=True)
+            model(prompt, **{CACHE_ARGUMENT: cache}, use_cache=True)
             runtime.end_pass()
             passes = [_pass_ms(model, runtime, prompt[:, -1:], cache) for _ in range(STEP_TOKENS - 1)]
             bare_ms = len(runtime.moe_layers) * statistics.fmean(passes)
@@ -491,7 +491,7 @@ def _pass_ms(model, runtime, ids: torch.Tensor, cache=None) -> float:
         runtime.begin_request(0)
     started = time.perf_counter()
     with torch.inference_mode():
-        model(ids, past_key_values=cache, use_cache=cache is not None)
+        model(ids, **{CACHE_ARGUMENT: cache}, use_cache=cache is not None)
     runtime.end_pass()
     wall = time.perf_counter() - started
     return 1e3 * (wall - (runtime.stats.layer_cpu_s.sum() - before)) / len(runtime.moe_layers)

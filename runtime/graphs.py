@@ -33,6 +33,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 from transformers.cache_utils import StaticLayer
 
 from expertcache.runtime.experts import decoder_layers_name
+from expertcache.runtime.kv import CACHE_ARGUMENT
 
 
 @dataclass
@@ -113,7 +114,7 @@ class DecodeGraphs:
         hidden = args[0] if args else kwargs.get("hidden_states")
         if not torch.is_tensor(hidden) or hidden.device.type != "cuda" or hidden.shape[:-1] != (1, 1):
             return None
-        held = self._tensors_of(kwargs.get("past_key_values"))
+        held = self._tensors_of(kwargs.get(CACHE_ARGUMENT))
         if held is None or torch.is_grad_enabled():
             return None
         leaves, spec = tree_flatten((args, kwargs))

@@ -13,11 +13,18 @@ calibration's). A caller that passes its own cache, decodes a batch, or gives no
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 
 import torch
 from torch import nn
-from transformers import StaticCache
+from transformers import GenerationMixin, StaticCache
+
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+"""The keyword by which ``generate``, a model's forward and its decoder layers take the key-value
+cache: ``past_key_values`` up to transformers 5.17 (the lent GPU machines'), ``cache`` in later
+releases (5.24 here), which still accept the old name with a FutureWarning, but pass only the new
+one down to the decoder layers, where ``runtime.graphs`` looks for it."""
 
 CACHE_STEP = 1024
 """Tokens a reused cache grows by. Attention reads the whole static cache at every step, masked:
@@ -50,9 +57,10 @@ def reuse_one_cache(model: nn.Module) -> None:
     def generate(*args, **kwargs):
         ids = args[0] if args else kwargs.get("input_ids")
         new_tokens = kwargs.get("max_new_tokens")
-        if kwargs.get("past_key_values") is not None or ids is None or ids.shape[0] != 1 or not isinstance(new_tokens, int):
+        own_cache = kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None
+        if own_cache or ids is None or ids.shape[0] != 1 or not isinstance(new_tokens, int):
             return plain(*args, **kwargs)
-        kwargs["past_key_values"] = empty_cache(model, ids.shape[1] + new_tokens)
+        kwargs[CACHE_ARGUMENT] = empty_cache(model, ids.shape[1] + new_tokens)
         return plain(*args, **kwargs)
 
     model.generate = generate

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache, StaticC
 
 from expertcache.runtime.calibrate import calibrate
 from expertcache.runtime.graphs import DecodeGraphs
-from expertcache.runtime.kv import CACHE_STEP, empty_cache
+from expertcache.runtime.kv import CACHE_ARGUMENT, CACHE_STEP, empty_cache
 from expertcache.runtime.loader import load
 from expertcache.simulator.config import CacheConfig
 from test_equality import DEVICE
@@ -51,6 +51,25 @@ def test_every_request_decodes_into_one_reused_cache(model_dirs):
         assert model.expertcache.graphs.captures == model.config.num_hidden_layers
     assert empty_cache(model, CACHE_STEP + 1) is not caches[0]  # a longer request gets a larger one, once
     assert empty_cache(model, CACHE_STEP) is model._expertcache_kv[False][0]
+
+
+def test_the_reused_cache_reaches_every_decoder_layer_by_the_keyword_graphs_look_for(model_dirs):
+    """The graphs key a decode step on the cache its decoder layer is handed (``CACHE_ARGUMENT``).
+    transformers after 5.17 renamed the keyword to ``cache`` and hands the layers only that: keyed
+    on the old name, a GPU would never capture a graph. Nor may generate warn of a deprecated name."""
+    import warnings
+
+    model = load(model_dirs("mixtral"), config=CacheConfig(sets=2, ways=2, policy="lru"), device="cpu")
+    handed = []
+    for layer in model.model.layers:
+        layer.register_forward_pre_hook(lambda module, args, kwargs: handed.append(kwargs.get(CACHE_ARGUMENT)), with_kwargs=True)
+    model.expertcache.begin_request(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate(torch.tensor([[5, 17, 42, 7]]), max_new_tokens=3, do_sample=False)
+    reused = model._expertcache_kv[False][0]
+    assert len(handed) == 3 * model.config.num_hidden_layers and all(cache is reused for cache in handed)
+    assert not [w for w in caught if "past_key_values" in str(w.message) or "`cache`" in str(w.message)]
 
 
 def test_a_cache_made_in_inference_mode_is_not_written_outside_it(model_dirs):

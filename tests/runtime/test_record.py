@@ -16,6 +16,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from expertcache.runtime.generate import generate_prompts
+from expertcache.runtime.kv import CACHE_ARGUMENT
 from expertcache.runtime.loader import load
 from expertcache.runtime.stats import LAYER_KINDS
 from expertcache.runtime.record import Recorder, sibling
@@ -235,9 +236,9 @@ def test_nothing_between_two_decode_passes_goes_untimed(model_dirs):
     cache = empty_cache(model, 16)
     with torch.inference_mode():
         runtime.begin_request(0)
-        model(torch.tensor([[1, 2, 3, 4]]), past_key_values=cache, use_cache=True)  # prefill, left open
-        model(torch.tensor([[5]]), past_key_values=cache, use_cache=True)  # the first decode pass
+        model(torch.tensor([[1, 2, 3, 4]]), **{CACHE_ARGUMENT: cache}, use_cache=True)  # prefill, left open
+        model(torch.tensor([[5]]), **{CACHE_ARGUMENT: cache}, use_cache=True)  # the first decode pass
         first_started, prefill_s = runtime._pass_started, runtime.stats.prefill_s
-        model(torch.tensor([[6]]), past_key_values=cache, use_cache=True)  # the second closes the first
+        model(torch.tensor([[6]]), **{CACHE_ARGUMENT: cache}, use_cache=True)  # the second closes the first
     assert runtime.stats.decode_tokens == 1 and prefill_s > 0
     assert runtime._pass_started == pytest.approx(first_started + runtime.stats.decode_s, abs=1e-9)
