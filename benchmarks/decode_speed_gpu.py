@@ -77,5 +77,6 @@ def main() -> None:
         with open(args.out, "a") as f:
             f.write(json.dumps(row | {"machine": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "args": vars(args)}) + "\n")
 
+
 if __name__ == "__main__":
     main()

@@ -543,6 +543,14 @@ class CachedExperts:
         down_landed = self.pool.fill(job.slot, host_row, cut.down_ranges(self.layout))
         return units_landed, down_landed
 
+    def _copy_splits(self, record: LayerPass, plan: "LayerPlan", cuts: list[Cut]) -> list[SplitCopies]:
+        """Start each split's copies (``_copy_split``), under one switch to the copy stream; none
+        (and no switch) when the layer splits nothing."""
+        if not plan.split:
+            return []
+        with self.pool.copying():
+            return [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
+
     def _start_copies(self, record: LayerPass, plan: "LayerPlan", cuts: list[Cut]) -> "StartedCopies":
         """Start the copies the GPU waits for, where the miss rule starts the link: as soon as the
         layer is placed, before its inputs are made or any kernel is queued (``copies_first``).
@@ -561,7 +569,7 @@ class CachedExperts:
             fetched = {job.slot for job in plan.fetched}
             if any(job.slot in fetched for job in plan.split):
                 return StartedCopies(copied, None)
-            return StartedCopies(copied, [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)])
+            return StartedCopies(copied, self._copy_splits(record, plan, cuts))
 
     def _queue_gpu_work(
         self, module, record: LayerPass, rows: "LayerRows", plan: "LayerPlan", cuts: list[Cut], started: "StartedCopies"
@@ -575,12 +583,7 @@ class CachedExperts:
         outputs: dict[int, torch.Tensor] = {}
         self._run_on_gpu(module, record, rows, plan.resident, outputs)
         self._run_on_gpu(module, record, rows, plan.fetched, outputs, copy_first=True, copied=started.fetched)
-        split_copies = started.split
-        if split_copies is None:
-            split_copies = []
-            if plan.split:
-                with self.pool.copying():
-                    split_copies = [self._copy_split(record, job, cut) for job, cut in zip(plan.split, cuts)]
+        split_copies = self._copy_splits(record, plan, cuts) if started.split is None else started.split
         gpu_parts = [self._split_units(module, record, rows, job, cut, units_landed)
                      for job, cut, (units_landed, _) in zip(plan.split, cuts, split_copies)]  # fmt: skip
         kept_splits = [(job, cut) for job, cut in zip(plan.split, cuts) if job.slot < self.config.slots]
